@@ -1,0 +1,295 @@
+"""Canonical bytes of hashed data: a restricted JSON profile serialised with RFC 8785 (JCS).
+
+Every byte string the ledger hashes or signs (journal leaves, partner requests) is produced by
+:func:`canonical_bytes`, so that an independent verifier in any language reproduces it exactly
+(PRODUCT.md §4, docs/VERIFYING.md).
+
+JCS alone is not enough for that: it serialises numbers as IEEE 754 doubles, and its output for a
+float depends on the shortest round-trip formatting of the producing language. Hashed data therefore
+stays inside a *profile* where JCS is unambiguous and every value has one spelling:
+
+- objects with string keys, arrays, ``true``/``false``/``null``;
+- integers within ±(2**53 - 1), the range a double holds exactly (RFC 8785 §3.2.2.3, I-JSON);
+- text that is valid Unicode in Normalization Form C, because JCS deliberately does not normalise
+  (RFC 8785 §3.2.2.2): "Å" typed two ways would otherwise hash two ways;
+- nothing else. Money is a decimal string (:func:`format_decimal`), an instant is a fixed-width UTC
+  string (:func:`format_timestamp`), an id is a lowercase UUID string (:func:`format_uuid`).
+
+Invariants:
+
+- :func:`canonical_bytes` validates the *whole* value before serialising and raises one
+  :class:`ProfileError` that names the JSON path of every offending value; it never returns bytes
+  for a value outside the profile.
+- For a profile value ``v``: ``json.loads(canonical_bytes(v)) == v`` and
+  ``canonical_bytes(json.loads(canonical_bytes(v))) == canonical_bytes(v)``.
+- Each ``format_*`` function has a strict inverse ``parse_*`` that accepts exactly the strings the
+  formatter produces.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import TypeAlias
+from uuid import UUID
+
+import rfc8785
+
+from ledger.errors import ProfileError
+
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_SAFE_INTEGER",
+    "JsonValue",
+    "ProfileViolation",
+    "canonical_bytes",
+    "format_decimal",
+    "format_timestamp",
+    "format_uuid",
+    "parse_decimal",
+    "parse_timestamp",
+    "parse_uuid",
+    "profile_violations",
+]
+
+JsonValue: TypeAlias = "dict[str, JsonValue] | list[JsonValue] | str | int | bool | None"
+
+#: Largest integer magnitude a binary64 double holds exactly (RFC 8785 §3.2.2.3, RFC 7493 §2.2).
+MAX_SAFE_INTEGER = 2**53 - 1
+
+#: Nesting limit: hashed envelopes are shallow; a deeper (or self-referencing) value is a bug.
+MAX_DEPTH = 64
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# [0-9] rather than \d: \d also matches non-ASCII digits such as "٣".
+_TIMESTAMP = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})\.([0-9]{6})Z"
+)
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_DECIMAL = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?")
+
+_HINTS: dict[type, str] = {
+    float: "floats are not allowed; write money as a decimal string",
+    Decimal: "Decimal is not allowed; use format_decimal()",
+    bytes: "bytes are not allowed; encode them as text first",
+    bytearray: "bytes are not allowed; encode them as text first",
+    datetime: "datetime is not allowed; use format_timestamp()",
+    date: "date is not allowed; write it as an ISO 8601 date string",
+    UUID: "UUID is not allowed; use format_uuid()",
+}
+
+
+@dataclass(frozen=True)
+class ProfileViolation:
+    """One value outside the hashed-data profile."""
+
+    path: str
+    """JSON path of the offending value, e.g. ``$.entry.postings[1].amount``."""
+    reason: str
+    """What is wrong with it, in words."""
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+def canonical_bytes(value: object) -> bytes:
+    """Return the RFC 8785 bytes of ``value``, or raise ProfileError naming every violation."""
+    violations: list[ProfileViolation] = []
+    plain = _to_profile(value, "$", 0, violations)
+    if violations:
+        raise ProfileError(
+            "value is outside the hashed-data profile: " + "; ".join(map(str, violations)),
+            expected="a profile value (PRODUCT.md §4)",
+            computed=[str(v) for v in violations],
+        )
+    return rfc8785.dumps(plain)
+
+
+def profile_violations(value: object) -> list[ProfileViolation]:
+    """Every place where ``value`` leaves the profile, in document order (empty if it conforms)."""
+    violations: list[ProfileViolation] = []
+    _to_profile(value, "$", 0, violations)
+    return violations
+
+
+def _to_profile(value: object, path: str, depth: int, out: list[ProfileViolation]) -> JsonValue:
+    """Copy ``value`` into plain JSON types, recording violations instead of stopping at the first.
+
+    The copy matters: a ``str`` or ``int`` subclass (an enum member, say) is serialised through its
+    underlying value, never through an overridden ``__str__``.
+    """
+    if depth > MAX_DEPTH:
+        out.append(ProfileViolation(path, f"nested deeper than {MAX_DEPTH} levels"))
+        return None
+    # bool before int: bool is a subclass of int, but JSON keeps them apart.
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return _profile_int(value, path, out)
+    if isinstance(value, str):
+        return _profile_text(value, path, out)
+    if isinstance(value, dict):
+        return _profile_object(value, path, depth, out)
+    if isinstance(value, list | tuple):
+        return [_to_profile(item, f"{path}[{i}]", depth + 1, out) for i, item in enumerate(value)]
+    out.append(ProfileViolation(path, _type_hint(value)))
+    return None
+
+
+def _profile_int(value: int, path: str, out: list[ProfileViolation]) -> int:
+    number = int.__index__(value)
+    if abs(number) > MAX_SAFE_INTEGER:
+        out.append(ProfileViolation(path, f"integer {number} is outside ±(2**53 - 1)"))
+    return number
+
+
+def _profile_text(value: str, path: str, out: list[ProfileViolation]) -> str:
+    text = str.__str__(value)
+    reason = _text_problem(text)
+    if reason is not None:
+        out.append(ProfileViolation(path, reason))
+    return text
+
+
+def _profile_object(
+    value: dict[object, object], path: str, depth: int, out: list[ProfileViolation]
+) -> dict[str, JsonValue]:
+    plain: dict[str, JsonValue] = {}
+    for key, item in value.items():
+        if not isinstance(key, str):
+            out.append(ProfileViolation(path, f"object key {key!r} is not a string"))
+            continue
+        key_text = str.__str__(key)
+        child = _child_path(path, key_text)
+        reason = _text_problem(key_text)
+        if reason is not None:
+            out.append(ProfileViolation(child, f"key {reason}"))
+        plain[key_text] = _to_profile(item, child, depth + 1, out)
+    return plain
+
+
+def _text_problem(text: str) -> str | None:
+    """Why ``text`` cannot be hashed, or None if it can."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # Lone surrogates have no UTF-8 encoding, hence no canonical bytes (RFC 8785 §3.2.2.2).
+        return "text contains unpaired surrogates"
+    if not unicodedata.is_normalized("NFC", text):
+        return "text is not in Unicode Normalization Form C"
+    return None
+
+
+def _child_path(path: str, key: str) -> str:
+    if _IDENTIFIER.fullmatch(key):
+        return f"{path}.{key}"
+    return f"{path}[{json.dumps(key)}]"
+
+
+def _type_hint(value: object) -> str:
+    for kind, hint in _HINTS.items():
+        if isinstance(value, kind):
+            return hint
+    return f"{type(value).__name__} is not a profile type"
+
+
+# --- Timestamps ---------------------------------------------------------------------------------
+
+
+def format_timestamp(moment: datetime) -> str:
+    """The instant as ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` in UTC; a naive datetime is refused.
+
+    Fixed width (always six fraction digits, always ``Z``) so that one instant has one spelling
+    and strings sort like the instants they name.
+    """
+    if not isinstance(moment, datetime):
+        raise ProfileError("a timestamp must be a datetime", expected="datetime", computed=moment)
+    if moment.utcoffset() is None:
+        # A naive datetime names no instant; guessing the zone would hash a guess.
+        raise ProfileError(
+            "naive datetime: attach a time zone", expected="aware datetime", computed=str(moment)
+        )
+    try:
+        utc = moment.astimezone(UTC)
+    except OverflowError as exc:
+        raise ProfileError(
+            "instant is outside years 1..9999 in UTC", expected="year 1..9999", computed=str(moment)
+        ) from exc
+    return (
+        f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T"
+        f"{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d}.{utc.microsecond:06d}Z"
+    )
+
+
+def parse_timestamp(text: str) -> datetime:
+    """The aware UTC datetime of a string produced by :func:`format_timestamp`; nothing else."""
+    match = _TIMESTAMP.fullmatch(text) if isinstance(text, str) else None
+    if match is None:
+        raise ProfileError(
+            f"not a profile timestamp: {text!r}",
+            expected="YYYY-MM-DDTHH:MM:SS.ffffffZ",
+            computed=text,
+        )
+    try:
+        year, month, day, hour, minute, second, micro = (int(part) for part in match.groups())
+        return datetime(year, month, day, hour, minute, second, micro, tzinfo=UTC)
+    except ValueError as exc:
+        raise ProfileError(
+            f"not a calendar instant: {text!r}", expected="a valid UTC instant", computed=text
+        ) from exc
+
+
+# --- Identifiers --------------------------------------------------------------------------------
+
+
+def format_uuid(value: UUID) -> str:
+    """The canonical lowercase hyphenated form (RFC 9562 §4)."""
+    if not isinstance(value, UUID):
+        raise ProfileError("not a UUID", expected="uuid.UUID", computed=repr(value))
+    return str(value)
+
+
+def parse_uuid(text: str) -> UUID:
+    """The UUID of a lowercase hyphenated string; braces, URNs and upper case are refused."""
+    if not (isinstance(text, str) and _UUID.fullmatch(text)):
+        raise ProfileError(
+            f"not a canonical UUID: {text!r}",
+            expected="xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx (lowercase hex)",
+            computed=text,
+        )
+    return UUID(text)
+
+
+# --- Decimals -----------------------------------------------------------------------------------
+
+
+def format_decimal(value: Decimal) -> str:
+    """Plain positional notation (``-12.50``), never an exponent; NaN and infinities are refused.
+
+    The scale is kept ("12.50" stays "12.50"): quantising is the caller's job (ledger numbers),
+    and a hashed amount must record the scale that was booked. Negative zero is written as zero,
+    so that zero has one spelling per scale.
+    """
+    if not isinstance(value, Decimal):
+        raise ProfileError("not a Decimal", expected="decimal.Decimal", computed=repr(value))
+    if not value.is_finite():
+        raise ProfileError("decimal is not finite", expected="finite decimal", computed=str(value))
+    if value.is_zero():
+        value = value.copy_abs()
+    return format(value, "f")
+
+
+def parse_decimal(text: str) -> Decimal:
+    """The Decimal of a string :func:`format_decimal` produces; exponents, ``+``, ``-0`` refused."""
+    if not (isinstance(text, str) and _DECIMAL.fullmatch(text)):
+        raise ProfileError(
+            f"not a plain decimal: {text!r}", expected="-?digits[.digits]", computed=text
+        )
+    value = Decimal(text)
+    if value.is_zero() and text.startswith("-"):
+        raise ProfileError("negative zero", expected="zero without a sign", computed=text)
+    return value

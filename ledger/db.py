@@ -1,0 +1,172 @@
+"""The database under the ledger: one typed metadata, engines for SQLite and PostgreSQL, migrations.
+
+Every package declares its tables on :data:`metadata` (one naming convention, so Alembic and SQLite
+batch mode can name constraints), with :class:`UTCDateTime` for every time. Schemas are created and
+upgraded only by the Alembic migrations in ``ledger/migrations``; production code never calls
+``create_all``.
+
+Transactions: :meth:`Database.transaction` opens one per command at the edge. On SQLite it begins
+with ``BEGIN IMMEDIATE`` so a writer takes the write lock up front instead of failing to upgrade a
+read lock half-way (SQLite's form of "lock the accounts you touch, in order"). A
+:class:`~ledger.errors.BusinessRefusal` commits: the service has written nothing but the refusal's
+idempotency record, which must survive so a retry is refused the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.types import TypeDecorator
+
+from ledger.errors import BusinessRefusal
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+DEFAULT_URL = "sqlite:///coalition.db"
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """An aware UTC datetime on every backend.
+
+    PostgreSQL stores ``timestamptz``; SQLite stores naive UTC text in a fixed-width format, which
+    sorts correctly. A naive datetime is refused on the way in: its zone is unknowable.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are not stored; give a timezone")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def create_engine(url: str = DEFAULT_URL, *, role: str | None = None, **kwargs: Any) -> Engine:
+    """An engine for ``url`` with the ledger's connection settings on either backend.
+
+    ``role`` (PostgreSQL only) is ``SET`` on every new connection, so the application can run as
+    the least-privileged ``coalition_app`` role that cannot update or delete journal rows.
+    """
+    url_obj = sa.make_url(url)
+    if url_obj.get_backend_name() == "postgresql" and url_obj.drivername == "postgresql":
+        url_obj = url_obj.set(drivername="postgresql+psycopg")
+    if url_obj.get_backend_name() == "sqlite":
+        return _sqlite_engine(url_obj, **kwargs)
+    kwargs.setdefault("pool_pre_ping", True)
+    engine = sa.create_engine(url_obj, **kwargs)
+    if role is not None:
+
+        @sa.event.listens_for(engine, "connect")
+        def _set_role(dbapi_connection: Any, _record: Any) -> None:
+            with dbapi_connection.cursor() as cursor:
+                cursor.execute(f"SET ROLE {_quote_ident(role)}")
+            dbapi_connection.commit()
+
+    return engine
+
+
+def _quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _sqlite_engine(url: sa.URL, **kwargs: Any) -> Engine:
+    connect_args = kwargs.pop("connect_args", {})
+    connect_args.setdefault("timeout", 30)
+    engine = sa.create_engine(url, connect_args=connect_args, **kwargs)
+
+    @sa.event.listens_for(engine, "connect")
+    def _configure(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not pysqlite, decide when transactions begin (see module docstring).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        if url.database not in (None, "", ":memory:"):
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin_immediate(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def is_postgresql(conn: Connection | Engine) -> bool:
+    return conn.dialect.name == "postgresql"
+
+
+class Database:
+    """An engine plus the unit-of-work boundary used by the edges (API, CLI, jobs)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @classmethod
+    def connect(cls, url: str = DEFAULT_URL, **kwargs: Any) -> Database:
+        return cls(create_engine(url, **kwargs))
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """One database transaction: commit on success or business refusal, else roll back."""
+        with self.engine.connect() as conn:
+            conn.begin()
+            try:
+                yield conn
+            except BusinessRefusal:
+                conn.commit()
+                raise
+            except BaseException:
+                conn.rollback()
+                raise
+            conn.commit()
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def alembic_config(engine: Engine) -> Any:
+    """Alembic configuration pointing at the migrations shipped inside this package."""
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(resources.files("ledger") / "migrations"))
+    config.attributes["engine"] = engine
+    return config
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Create or upgrade the schema to ``revision`` with the migrations (never ``create_all``)."""
+    from alembic import command
+
+    command.upgrade(alembic_config(engine), revision)
+
+
+def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()

@@ -1,0 +1,158 @@
+"""The integrator: turns committed journal entries into leaves, tree nodes and signed checkpoints.
+
+Writers only append a row to ``journal_queue`` inside their own transaction, after locking the
+accounts they touch. The integrator — a single writer, elected per batch by a transaction-scoped
+PostgreSQL advisory lock, so starting two is safe — takes committed queue rows in sequence order
+and, in ONE transaction per batch: assigns dense indices after the log's tip, builds each leaf's
+canonical envelope chained to the previous leaf, stores the new complete-subtree nodes, signs a
+checkpoint for the new size and deletes the queue rows. A crash at any point rolls the whole batch
+back; the rows are still queued and the next pass integrates them exactly once.
+
+Why not a database sequence as the index: sequences have gaps and are handed out in start order,
+not commit order. Queue ``seq`` order does respect causality per account: a writer inserts its
+queue row only after taking its account locks, so a later writer on the same account always gets a
+larger ``seq`` and commits later.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from uuid import UUID
+
+from sqlalchemy.engine import Connection
+
+from ledger import merkle
+from ledger.db import Database
+from ledger.errors import LedgerError
+from ledger.journal import GENESIS_PREV, LOG_START, Leaf, build_leaf, entry_record
+from ledger.logstore import SqlLogStore
+from ledger.note import Checkpoint, NoteSigner
+from ledger.repository import SqlLedgerStore
+
+
+class LogKeyMismatch(LedgerError):
+    code = "log-key-mismatch"
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """What one integration pass appended."""
+
+    log: str
+    first_index: int
+    size: int
+    checkpoint: str
+
+
+class Integrator:
+    """Appends queued entries to the log signed by ``signer`` (whose name is the log origin)."""
+
+    def __init__(self, signer: NoteSigner, batch_size: int = 1000) -> None:
+        self.signer = signer
+        self.batch_size = batch_size
+
+    @property
+    def origin(self) -> str:
+        return self.signer.name
+
+    def ensure_log(self, conn: Connection) -> None:
+        """Open this key's log if the database has none yet; refuse a key for a retired log."""
+        store = SqlLogStore(conn)
+        current = store.current_log()
+        if current is None:
+            store.open_log(self.origin, self.signer.vkey, _now(), None)
+            self._sign(store, 0, merkle.EMPTY_ROOT)
+        elif current != self.origin:
+            raise LogKeyMismatch(
+                f"the database appends to log {current!r}, this key signs for {self.origin!r}"
+            )
+
+    def integrate_batch(self, conn: Connection) -> BatchResult | None:
+        """Integrate up to ``batch_size`` committed entries; None if idle or not the leader."""
+        store = SqlLogStore(conn)
+        if not store.try_lead():
+            return None
+        self.ensure_log(conn)
+        queued = store.queued(self.batch_size)
+        if not queued:
+            return None
+        entries = SqlLedgerStore(conn).load_entries([entry_id for _, entry_id in queued])
+        records = [(entry.kind.value, entry_record(entry), entry.id) for entry in entries]
+        result = self._append(store, records)
+        store.dequeue([seq for seq, _ in queued])
+        return result
+
+    def integrate_all(self, db: Database) -> int:
+        """Run batches until the queue is empty; returns the number of leaves appended."""
+        appended = 0
+        while True:
+            with db.transaction() as conn:
+                result = self.integrate_batch(conn)
+            if result is None:
+                return appended
+            appended += result.size - result.first_index
+
+    def rotate(self, conn: Connection, new_signer: NoteSigner) -> BatchResult:
+        """Close this log and open ``new_signer``'s, whose first leaf quotes the final checkpoint.
+
+        The caller must have integrated everything queued (else those entries would land after
+        the rotation in the new log, which is allowed, but the final checkpoint would not cover
+        them).
+        """
+        store = SqlLogStore(conn)
+        if not store.try_lead():
+            raise LogKeyMismatch("another integrator is running; stop it before rotating keys")
+        self.ensure_log(conn)
+        final = store.checkpoint(self.origin)
+        assert final is not None
+        store.open_log(new_signer.name, new_signer.vkey, _now(), self.origin)
+        body = {
+            "previous_log": self.origin,
+            "previous_checkpoint": final.note,
+            "previous_vkey": self.signer.vkey,
+        }
+        return Integrator(new_signer)._append(store, [(LOG_START, body, None)])
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _append(
+        self, store: SqlLogStore, records: list[tuple[str, dict, UUID | None]]
+    ) -> BatchResult:
+        tip = store.tip(self.origin)
+        committed_at = _now()
+        if tip.last_committed_at is not None and committed_at < tip.last_committed_at:
+            committed_at = tip.last_committed_at  # the log's clock never runs backwards
+        prev = tip.last_hash if tip.size else GENESIS_PREV
+        leaves: list[Leaf] = []
+        for offset, (kind, body, _) in enumerate(records):
+            leaf = build_leaf(
+                log=self.origin,
+                index=tip.size + offset,
+                prev=prev,
+                kind=kind,
+                body=body,
+                committed_at=committed_at,
+                nonce=os.urandom(16),
+            )
+            leaves.append(leaf)
+            prev = leaf.hash
+        store.append(leaves, [entry_id for _, _, entry_id in records])
+        nodes = merkle.nodes_created_by_append(
+            tip.size, [leaf.hash for leaf in leaves], lambda a: store.nodes(self.origin, a)
+        )
+        store.add_nodes(self.origin, nodes)
+        size = tip.size + len(leaves)
+        root = merkle.root_from_nodes(size, store.nodes(self.origin, merkle.root_addresses(size)))
+        note = self._sign(store, size, root)
+        return BatchResult(self.origin, tip.size, size, note)
+
+    def _sign(self, store: SqlLogStore, size: int, root: bytes) -> str:
+        note = self.signer.sign(Checkpoint(self.origin, size, root).text())
+        store.add_checkpoint(self.origin, size, root, note, _now())
+        return note
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)

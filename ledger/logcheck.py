@@ -1,0 +1,199 @@
+"""Verification of the stored log against itself, its checkpoints and the journal tables.
+
+One streaming pass over the leaves in index order (memory stays O(log n): the Merkle tree is
+rebuilt as a stack of peaks) that reports every finding rather than stopping at the first:
+
+- each leaf's bytes are canonical and say the right log and index (no gap, no reordering);
+- each leaf's ``prev`` is the hash of the leaf before it, and its stored hash is its real hash;
+- each entry leaf records exactly the entry the journal tables hold (no edited amount or account),
+  and every journal entry not in the queue has a leaf (nothing deleted);
+- every checkpoint's signature verifies and its root equals the root recomputed at its size;
+- every stored tree node equals the recomputed one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from uuid import UUID
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from ledger import merkle
+from ledger import tables as t
+from ledger.consistency import Finding
+from ledger.errors import LedgerError
+from ledger.journal import GENESIS_PREV, LOG_START, entry_record, parse_leaf
+from ledger.note import NoteVerifier, open_checkpoint
+from ledger.repository import SqlLedgerStore
+
+_BATCH = 2000
+
+
+def verify_log(conn: Connection, verifiers: Iterable[NoteVerifier]) -> list[Finding]:
+    """Every finding about every log in the database (empty when all verifies)."""
+    keyring = list(verifiers)
+    findings: list[Finding] = []
+    logs = conn.execute(sa.select(t.logs.c.origin).order_by(t.logs.c.opened_at)).scalars().all()
+    for log in logs:
+        findings.extend(_verify_one_log(conn, log, keyring))
+    findings.extend(_entries_without_leaves(conn))
+    return findings
+
+
+def _verify_one_log(conn: Connection, log: str, keyring: list[NoteVerifier]) -> Iterator[Finding]:
+    checkpoints = {
+        row.size: row
+        for row in conn.execute(sa.select(t.checkpoints).where(t.checkpoints.c.log == log))
+    }
+    for size, row in checkpoints.items():
+        try:
+            checkpoint, _ = open_checkpoint(row.note, keyring, origin=log)
+        except LedgerError as exc:
+            yield Finding("checkpoint-signature", f"{log}@{size}", "valid signature", exc.message)
+            continue
+        if (checkpoint.size, checkpoint.root) != (size, bytes(row.root)):
+            yield Finding(
+                "checkpoint-fields",
+                f"{log}@{size}",
+                (size, bytes(row.root).hex()),
+                (checkpoint.size, checkpoint.root.hex()),
+            )
+    peaks: list[tuple[int, bytes]] = []  # (level, hash) of the right-edge complete subtrees
+    expected_index, prev = 0, GENESIS_PREV
+    if 0 in checkpoints and bytes(checkpoints[0].root) != merkle.EMPTY_ROOT:
+        yield Finding(
+            "checkpoint-root", f"{log}@0", merkle.EMPTY_ROOT.hex(), bytes(checkpoints[0].root).hex()
+        )
+    for rows in _leaf_batches(conn, log):
+        entries = _journal_entries(conn, [r.entry_id for r in rows if r.entry_id is not None])
+        for row in rows:
+            data = bytes(row.data)
+            real_hash = merkle.leaf_hash(data)
+            subject = f"{log}#{row.idx}"
+            if row.idx != expected_index:
+                yield Finding("leaf-sequence", subject, expected_index, row.idx)
+            if bytes(row.hash) != real_hash:
+                yield Finding("leaf-hash", subject, real_hash.hex(), bytes(row.hash).hex())
+            yield from _check_leaf(data, subject, log, row.idx, prev, row.entry_id, entries)
+            prev, expected_index = real_hash, row.idx + 1
+            _push(peaks, real_hash)
+            size = row.idx + 1
+            if size in checkpoints:
+                root = _root(peaks)
+                if bytes(checkpoints[size].root) != root:
+                    yield Finding(
+                        "checkpoint-root",
+                        f"{log}@{size}",
+                        root.hex(),
+                        bytes(checkpoints[size].root).hex(),
+                    )
+    for size in sorted(s for s in checkpoints if s > expected_index):
+        yield Finding("checkpoint-beyond-log", f"{log}@{size}", expected_index, size)
+    yield from _check_nodes(conn, log, expected_index)
+
+
+def _check_leaf(
+    data: bytes,
+    subject: str,
+    log: str,
+    index: int,
+    prev: bytes,
+    entry_id: UUID | None,
+    entries: dict[UUID, dict | None],
+) -> Iterator[Finding]:
+    try:
+        leaf = parse_leaf(data)
+    except LedgerError as exc:
+        yield Finding("leaf-canonical", subject, "canonical envelope", exc.message)
+        return
+    if (leaf.log, leaf.index) != (log, index):
+        yield Finding("leaf-position", subject, (log, index), (leaf.log, leaf.index))
+    if leaf.prev != prev:
+        yield Finding("leaf-chain", subject, prev.hex(), leaf.prev.hex())
+    if leaf.kind == LOG_START:
+        return
+    if entry_id is None or leaf.body.get("id") != str(entry_id):
+        yield Finding("leaf-entry", subject, str(entry_id), leaf.body.get("id"))
+    elif entries.get(entry_id) != leaf.body:
+        yield Finding("entry-altered", subject, "journal tables equal to the leaf", str(entry_id))
+
+
+def _leaf_batches(conn: Connection, log: str) -> Iterator[list]:
+    last = -1
+    while True:
+        rows = conn.execute(
+            sa.select(t.leaves)
+            .where(t.leaves.c.log == log, t.leaves.c.idx > last)
+            .order_by(t.leaves.c.idx)
+            .limit(_BATCH)
+        ).all()
+        if not rows:
+            return
+        yield rows
+        last = rows[-1].idx
+
+
+def _journal_entries(conn: Connection, ids: list[UUID]) -> dict[UUID, dict | None]:
+    """The entries as the journal tables hold them now, in leaf-record form.
+
+    An entry the tables can no longer even build (unbalanced after an edit) maps to ``None``,
+    which differs from any leaf body and so is reported as altered.
+    """
+    store = SqlLedgerStore(conn)
+    try:
+        return {e.id: entry_record(e) for e in store.load_entries(ids)}
+    except LedgerError:
+        records: dict[UUID, dict | None] = {}
+        for entry_id in ids:
+            try:
+                records[entry_id] = entry_record(store.load_entry(entry_id))
+            except LedgerError:
+                records[entry_id] = None
+        return records
+
+
+def _entries_without_leaves(conn: Connection) -> Iterator[Finding]:
+    """A journal entry that is neither integrated nor queued was dropped from the log."""
+    query = (
+        sa.select(t.entries.c.id)
+        .outerjoin(t.leaves, t.leaves.c.entry_id == t.entries.c.id)
+        .outerjoin(t.journal_queue, t.journal_queue.c.entry_id == t.entries.c.id)
+        .where(t.leaves.c.entry_id.is_(None), t.journal_queue.c.entry_id.is_(None))
+    )
+    for entry_id in conn.scalars(query):
+        yield Finding("entry-not-logged", str(entry_id), "a leaf or a queue row", None)
+
+
+def _check_nodes(conn: Connection, log: str, size: int) -> Iterator[Finding]:
+    """Stored complete-subtree nodes equal the ones recomputed from the leaves."""
+    tree = merkle.MemoryTree()
+    for rows in _leaf_batches(conn, log):
+        tree.append_leaf_hashes([merkle.leaf_hash(bytes(row.data)) for row in rows])
+    for row in conn.execute(sa.select(t.tree_nodes).where(t.tree_nodes.c.log == log)):
+        expected = tree.node(row.level, row.idx) if row.idx < (size >> row.level) else None
+        if expected != bytes(row.hash):
+            yield Finding(
+                "tree-node",
+                f"{log}/{row.level}/{row.idx}",
+                expected.hex() if expected else None,
+                bytes(row.hash).hex(),
+            )
+
+
+def _push(peaks: list[tuple[int, bytes]], leaf: bytes) -> None:
+    level, value = 0, leaf
+    while peaks and peaks[-1][0] == level:
+        _, left = peaks.pop()
+        value = merkle.node_hash(left, value)
+        level += 1
+    peaks.append((level, value))
+
+
+def _root(peaks: list[tuple[int, bytes]]) -> bytes:
+    if not peaks:
+        return merkle.EMPTY_ROOT
+    value = peaks[-1][1]
+    for _, left in reversed(peaks[:-1]):
+        value = merkle.node_hash(left, value)
+    return value
