@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-import ledger.tables  # noqa: F401  (registers the kernel's tables on the shared metadata)
+import ledger.tables  # noqa: F401  (registers the tables on the shared metadata)
+import partners.tables  # noqa: F401
 from ledger.db import Database, create_engine, upgrade
 
 PG_URL = os.environ.get("COALITION_TEST_DATABASE_URL")
