@@ -202,3 +202,15 @@ program_settings = sa.Table(
     sa.Column("value", sa.JSON(), nullable=False),
     sa.Column("updated_at", UTCDateTime(), nullable=False),
 )
+
+campaign_awards = sa.Table(
+    "campaign_awards",
+    metadata,
+    # What each campaign gave each member, so per-member caps hold across requests.
+    sa.Column("campaign_id", sa.String(64), sa.ForeignKey("campaigns.id"), primary_key=True),
+    sa.Column("entry_id", sa.Uuid(), primary_key=True),
+    sa.Column("member_id", sa.String(64), sa.ForeignKey("members.id"), nullable=False),
+    sa.Column("points", sa.BigInteger(), nullable=False),
+    sa.Column("awarded_at", UTCDateTime(), nullable=False),
+    sa.Index("ix_campaign_awards_member", "member_id", "campaign_id"),
+)
