@@ -66,9 +66,16 @@ class Actor:
     """Who asks: a credential, acting for a partner or for the operator's staff."""
 
     credential: str
-    """Credential id (API key id or staff account); idempotency keys are scoped to it."""
+    """Credential id (API key id or staff account), recorded on every entry it books."""
     partner: str | None = None
     """Partner code the credential belongs to; ``None`` for staff and jobs."""
+    principal: str | None = None
+    """Whose idempotency keys these are (``partner:SUPER``, ``staff:alice``); defaults to the
+    credential. Scoping keys to the principal keeps a retry recognised across key rotations."""
+
+    @property
+    def idempotency_scope(self) -> str:
+        return self.principal or self.credential
 
 
 #: The operator's scheduled jobs act under this credential.
@@ -504,6 +511,61 @@ class Ledger:
 
         return self._idempotent(store, actor, key, request, decide)
 
+    def forfeit(
+        self,
+        store: LedgerStore,
+        actor: Actor,
+        key: str,
+        *,
+        member: str,
+        business_time: datetime,
+        reason: str,
+    ) -> Booking:
+        """Move all of a member's available and pending points to ``program:breakage`` at once.
+
+        For ending a membership (erasure): ONE EXPIRE entry consumes every lot that still holds
+        points, whatever its expiry, so breakage stays attributed to the partners that funded the
+        lots. Held points are not touched: the caller voids or waits out open holds first.
+        """
+        check_owner(member, "member id")
+        if not isinstance(reason, str) or not reason.strip():
+            raise InvalidRequest("a forfeiture needs a reason")
+        request = {
+            "op": "FORFEIT",
+            "member": member,
+            "business_time": business_time,
+            "reason": reason,
+        }
+
+        def decide(entry_id: UUID, now: datetime) -> Entry:
+            available = member_account(member, "available")
+            pending = member_account(member, "pending")
+            balances = store.lock_accounts([available, pending])
+            total = balances[available] + balances[pending]
+            if total == 0:
+                raise InvalidRequest(f"member {member} has no points to forfeit")
+            moves = [
+                *_consume_fifo(store.spendable_lots(member), balances[available]),
+                *_consume_fifo(store.pending_lots(member), balances[pending]),
+            ]
+            postings = [
+                *(Posting(a, -balances[a]) for a in (available, pending) if balances[a]),
+                Posting("program:breakage", total),
+            ]
+            return self._entry(
+                entry_id,
+                EntryKind.EXPIRE,
+                postings,
+                actor,
+                key,
+                business_time,
+                now,
+                lot_moves=moves,
+                reason=reason,
+            )
+
+        return self._idempotent(store, actor, key, request, decide)
+
     def post(
         self,
         store: LedgerStore,
@@ -647,18 +709,18 @@ class Ledger:
             raise InvalidRequest("an idempotency key of 1–200 characters is required")
         fingerprint = _fingerprint(request)
         entry_id = uuid4()
-        if not store.claim_key(actor.credential, key, fingerprint, entry_id, self.clock()):
+        if not store.claim_key(actor.idempotency_scope, key, fingerprint, entry_id, self.clock()):
             return self._replay(store, actor, key, fingerprint)
         try:
             entry = decide(entry_id, self.clock())
         except BusinessRefusal as refusal:
-            store.record_refusal(actor.credential, key, refusal)
+            store.record_refusal(actor.idempotency_scope, key, refusal)
             raise
         store.book(entry, self.policy.shards)
         return Booking(entry)
 
     def _replay(self, store: LedgerStore, actor: Actor, key: str, fingerprint: Any) -> Booking:
-        record = store.idempotency_record(actor.credential, key)
+        record = store.idempotency_record(actor.idempotency_scope, key)
         if record.request_hash != fingerprint.digest:
             differing = sorted(
                 name
