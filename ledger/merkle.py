@@ -278,6 +278,24 @@ def _require_proof_size(size: int, what: str) -> None:
         )
 
 
+def _inclusion_length_error(how: str, index: int, size: int, proof: Sequence[bytes]) -> ProofError:
+    return ProofError(
+        f"inclusion proof is {how} than the path of leaf {index} in a tree of size {size}",
+        expected=len(_inclusion_ranges(index, size)),
+        computed=len(proof),
+    )
+
+
+def _consistency_length_error(
+    how: str, size1: int, size2: int, proof: Sequence[bytes]
+) -> ProofError:
+    return ProofError(
+        f"consistency proof from {size1} to {size2} is {how} than the path",
+        expected=len(_consistency_ranges(size1, size2)),
+        computed=len(proof),
+    )
+
+
 def _shift_until_odd_or_zero(fn: int, sn: int) -> tuple[int, int]:
     while fn and not fn & 1:
         fn, sn = fn >> 1, sn >> 1
@@ -298,7 +316,7 @@ def root_from_inclusion(leaf: bytes, index: int, size: int, proof: Sequence[byte
     fn, sn, r = index, size - 1, leaf  # steps 2-3
     for p in proof:  # step 4
         if sn == 0:
-            raise ProofError("inclusion proof is longer than the path", expected=0, computed=sn)
+            raise _inclusion_length_error("longer", index, size, proof)
         if fn & 1 or fn == sn:
             r = node_hash(p, r)
             if not fn & 1:
@@ -307,7 +325,7 @@ def root_from_inclusion(leaf: bytes, index: int, size: int, proof: Sequence[byte
             r = node_hash(r, p)
         fn, sn = fn >> 1, sn >> 1
     if sn != 0:  # step 5, first half
-        raise ProofError("inclusion proof is shorter than the path", expected=0, computed=sn)
+        raise _inclusion_length_error("shorter", index, size, proof)
     return r
 
 
@@ -338,7 +356,7 @@ def verify_consistency(
     _require_proof(proof)
     _require_proof_size(size1, "first tree size")
     _require_proof_size(size2, "second tree size")
-    if False:
+    if size1 == 0:
         raise ProofError(
             "consistency from the empty tree is not checked", expected=">0", computed=0
         )
@@ -381,7 +399,7 @@ def _roots_from_consistency(
     fr = sr = path[0]  # step 5
     for c in path[1:]:  # step 6
         if sn == 0:
-            raise ProofError("consistency proof is longer than the path", expected=0, computed=sn)
+            raise _consistency_length_error("longer", size1, size2, proof)
         if fn & 1 or fn == sn:
             fr, sr = node_hash(c, fr), node_hash(c, sr)
             if not fn & 1:
@@ -390,7 +408,7 @@ def _roots_from_consistency(
             sr = node_hash(sr, c)
         fn, sn = fn >> 1, sn >> 1
     if sn != 0:  # step 7
-        raise ProofError("consistency proof is shorter than the path", expected=0, computed=sn)
+        raise _consistency_length_error("shorter", size1, size2, proof)
     return fr, sr
 
 
@@ -428,6 +446,10 @@ class MemoryTree:
         self._nodes.update(((level, index), value) for level, index, value in created)
         self._size += len(hashes)
         return created
+
+    def nodes(self) -> dict[Address, bytes]:
+        """A copy of every stored complete subtree, by address."""
+        return dict(self._nodes)
 
     def node(self, level: int, index: int) -> bytes:
         """The hash of complete subtree ``(level, index)``; KeyError if it does not exist yet."""

@@ -97,14 +97,18 @@ def _b64encode(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def _b64decode(text: str, what: str) -> bytes:
-    """Standard base64 (RFC 4648 §4), refusing any spelling other than the canonical one."""
+def _b64decode(text: str, what: str, *, secret: bool = False) -> bytes:
+    """Standard base64 (RFC 4648 §4), refusing any spelling other than the canonical one.
+
+    With ``secret``, the text is kept out of the error: errors get logged, private keys must not.
+    """
+    shown = None if secret else text
     try:
         data = base64.b64decode(text.encode("ascii"), validate=True)
     except (UnicodeEncodeError, binascii.Error) as exc:
-        raise SignatureError(f"{what} is not base64", computed=text) from exc
+        raise SignatureError(f"{what} is not base64", computed=shown) from exc
     if _b64encode(data) != text:
-        raise SignatureError(f"{what} is not canonical base64", computed=text)
+        raise SignatureError(f"{what} is not canonical base64", computed=shown)
     return data
 
 
@@ -154,7 +158,7 @@ def _decode_key_material(
     _check_key_name(name)
     if not _KEY_ID_HEX.fullmatch(key_id_hex):
         raise SignatureError(f"malformed {what}: key id must be 8 lowercase hex digits")
-    material = _b64decode(material_b64, what)
+    material = _b64decode(material_b64, what, secret=what == "signer key")
     if len(material) != 33 or material[0] != signature_type:
         raise SignatureError(
             f"{what} is not a type 0x{signature_type:02x} Ed25519 key",
@@ -176,9 +180,12 @@ class _Ed25519Verifier:
         _check_key_name(name)
         if not isinstance(public_key, bytes) or len(public_key) != 32:
             raise SignatureError("Ed25519 public key must be 32 bytes", computed=public_key)
+        try:
+            self._key = Ed25519PublicKey.from_public_bytes(public_key)
+        except ValueError as exc:
+            raise SignatureError("not an Ed25519 public key", computed=public_key) from exc
         self._name = name
         self._public_bytes = public_key
-        self._key = Ed25519PublicKey.from_public_bytes(public_key)
         self._key_id = compute_key_id(name, self.SIGNATURE_TYPE, public_key)
 
     @classmethod
