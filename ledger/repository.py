@@ -470,14 +470,15 @@ class SqlLedgerStore:
             if amount
         )
         if updates:
+            # An upsert, not an UPDATE: a shard row that does not exist yet (the shard count was
+            # raised after the account was opened) is created instead of silently missed.
+            insert = _insert(self.conn)(t.balances)
             self.conn.execute(
-                t.balances.update()
-                .where(
-                    t.balances.c.account == sa.bindparam("code"),
-                    t.balances.c.shard == sa.bindparam("s"),
-                )
-                .values(balance=t.balances.c.balance + sa.bindparam("amount")),
-                [{"code": c, "s": s, "amount": a} for c, s, a in updates],
+                insert.on_conflict_do_update(
+                    index_elements=[t.balances.c.account, t.balances.c.shard],
+                    set_={"balance": t.balances.c.balance + insert.excluded.balance},
+                ),
+                [{"account": c, "shard": s, "balance": a} for c, s, a in updates],
             )
 
 
