@@ -21,6 +21,7 @@ canonical form of their own JSON is refused.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -152,11 +153,14 @@ def parse_leaf(data: bytes) -> Leaf:
         raise ProfileError(f"unknown envelope version {envelope['v']!r}")
     if canonical_bytes(envelope) != data:
         raise ProfileError("leaf bytes are not in canonical form")
-    try:
-        prev = bytes.fromhex(envelope["prev"])
-        bytes.fromhex(envelope["nonce"])
-    except (TypeError, ValueError):
-        raise ProfileError("prev and nonce must be hex") from None
+    if not (_hex(envelope["prev"], 64) and _hex(envelope["nonce"], 32)):
+        raise ProfileError("prev must be 64 and nonce 32 lowercase hex digits")
+    prev = bytes.fromhex(envelope["prev"])
+    body = envelope["entry"]
+    if envelope["kind"] != LOG_START and (
+        not isinstance(body, dict) or body.get("kind") != envelope["kind"]
+    ):
+        raise ProfileError("the envelope's kind differs from its entry's kind")
     return Leaf(
         log=envelope["log"],
         index=envelope["index"],
@@ -166,6 +170,13 @@ def parse_leaf(data: bytes) -> Leaf:
         committed_at=parse_timestamp(envelope["committed_at"]),
         data=data,
     )
+
+
+_LOWER_HEX = re.compile(r"[0-9a-f]+")
+
+
+def _hex(value: object, length: int) -> bool:
+    return isinstance(value, str) and len(value) == length and bool(_LOWER_HEX.fullmatch(value))
 
 
 def _lot_record(lot: Lot) -> dict[str, Any]:

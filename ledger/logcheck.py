@@ -14,6 +14,7 @@ rebuilt as a stack of peaks) that reports every finding rather than stopping at 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from datetime import datetime
 from uuid import UUID
 
 import sqlalchemy as sa
@@ -48,7 +49,7 @@ def _verify_one_log(conn: Connection, log: str, keyring: list[NoteVerifier]) -> 
     }
     for size, row in checkpoints.items():
         try:
-            checkpoint, _ = open_checkpoint(row.note, keyring, origin=log)
+            checkpoint, _ = open_checkpoint(row.note, own_keys(keyring, log), origin=log)
         except LedgerError as exc:
             yield Finding("checkpoint-signature", f"{log}@{size}", "valid signature", exc.message)
             continue
@@ -61,6 +62,7 @@ def _verify_one_log(conn: Connection, log: str, keyring: list[NoteVerifier]) -> 
             )
     peaks: list[tuple[int, bytes]] = []  # (level, hash) of the right-edge complete subtrees
     expected_index, prev = 0, GENESIS_PREV
+    clock: list[datetime] = []  # committed_at of the previous leaf, once seen
     if 0 in checkpoints and bytes(checkpoints[0].root) != merkle.EMPTY_ROOT:
         yield Finding(
             "checkpoint-root", f"{log}@0", merkle.EMPTY_ROOT.hex(), bytes(checkpoints[0].root).hex()
@@ -75,7 +77,7 @@ def _verify_one_log(conn: Connection, log: str, keyring: list[NoteVerifier]) -> 
                 yield Finding("leaf-sequence", subject, expected_index, row.idx)
             if bytes(row.hash) != real_hash:
                 yield Finding("leaf-hash", subject, real_hash.hex(), bytes(row.hash).hex())
-            yield from _check_leaf(data, subject, log, row.idx, prev, row.entry_id, entries)
+            yield from _check_leaf(data, subject, log, row.idx, prev, row.entry_id, entries, clock)
             prev, expected_index = real_hash, row.idx + 1
             _push(peaks, real_hash)
             size = row.idx + 1
@@ -93,6 +95,12 @@ def _verify_one_log(conn: Connection, log: str, keyring: list[NoteVerifier]) -> 
     yield from _check_nodes(conn, log)
 
 
+def own_keys(keyring: Iterable[NoteVerifier], log: str) -> list[NoteVerifier]:
+    """The keys that may sign ``log``'s checkpoints: ours are named after the origin, so after a
+    rotation one log's key can never vouch for another log's checkpoints."""
+    return [key for key in keyring if key.name == log]
+
+
 def _check_leaf(
     data: bytes,
     subject: str,
@@ -101,12 +109,19 @@ def _check_leaf(
     prev: bytes,
     entry_id: UUID | None,
     entries: dict[UUID, dict | None],
+    clock: list[datetime],
 ) -> Iterator[Finding]:
     try:
         leaf = parse_leaf(data)
     except LedgerError as exc:
         yield Finding("leaf-canonical", subject, "canonical envelope", exc.message)
         return
+    # The integrator's clock never runs backwards: an earlier committed_at is a back-dated leaf.
+    if clock and leaf.committed_at < clock[0]:
+        yield Finding(
+            "leaf-backdated", subject, f">= {clock[0].isoformat()}", leaf.committed_at.isoformat()
+        )
+    clock[:] = [leaf.committed_at]
     if (leaf.log, leaf.index) != (log, index):
         yield Finding("leaf-position", subject, (log, index), (leaf.log, leaf.index))
     if leaf.prev != prev:

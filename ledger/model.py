@@ -110,7 +110,7 @@ class Account:
             kind = AccountKind(kind_text)
         except ValueError:
             raise InvalidEntry(f"{code!r} is not in the chart of accounts") from None
-        if owner is not None and not _OWNER.match(owner):
+        if owner is not None and not _OWNER.fullmatch(owner):
             raise InvalidEntry(f"{code!r} has a malformed owner")
         return cls(code=code, kind=kind, owner=owner)
 
@@ -127,7 +127,7 @@ def partner_account(partner: str, role: str) -> str:
 
 def check_owner(value: str, what: str) -> str:
     """Validate a member id or partner code before it is used inside account codes."""
-    if not isinstance(value, str) or not _OWNER.match(value):
+    if not isinstance(value, str) or not _OWNER.fullmatch(value):
         raise InvalidRequest(f"{what} {value!r} must be 1–64 letters, digits, '_', '.' or '-'")
     return value
 

@@ -60,7 +60,7 @@ class Receipt:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Receipt:
         try:
-            return cls(
+            receipt = cls(
                 entry_id=UUID(data["entry_id"]),
                 log=data["log"],
                 index=int(data["index"]),
@@ -71,6 +71,13 @@ class Receipt:
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ProofError(f"malformed receipt: {exc}") from None
+        if "leaf_hash" in data and data["leaf_hash"] != receipt.leaf_hash.hex():
+            raise ProofError(
+                "the receipt's leaf_hash is not the hash of its leaf",
+                expected=receipt.leaf_hash.hex(),
+                computed=data["leaf_hash"],
+            )
+        return receipt
 
     def tlog_proof(self) -> str:
         """The receipt as a C2SP tlog-proof; the leaf bytes travel as its ``extra`` data."""
@@ -115,7 +122,8 @@ def wait_for_receipt(db: Database, entry_id: UUID, timeout: float = 5.0) -> Rece
 
 def verify_receipt(receipt: Receipt, verifiers: Iterable[NoteVerifier]) -> Leaf:
     """Check a receipt offline and return the leaf it proves; raises a VerificationError."""
-    checkpoint, _ = open_checkpoint(receipt.checkpoint, verifiers, origin=receipt.log)
+    keys = [key for key in verifiers if key.name == receipt.log]  # the log key is named its origin
+    checkpoint, _ = open_checkpoint(receipt.checkpoint, keys, origin=receipt.log)
     if checkpoint.size != receipt.tree_size:
         raise ProofError(
             "receipt names another tree size than its checkpoint",
