@@ -12,7 +12,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -31,6 +31,7 @@ from ledger.note import NoteSigner
 from ledger.receipts import receipt
 from ledger.repository import SqlLedgerStore
 from ledger.service import Ledger
+from partners import directory, tiers
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -78,9 +79,14 @@ def init() -> None:
     else:
         signer = create_key(settings.log_key_file, settings.log_origin)
         click.echo(f"created log key {settings.log_key_file} (mode 600)")
+    if settings.vault_key() is None:
+        settings.vault_key(create=True)
+        click.echo(f"created vault master key {settings.master_key_file} (mode 600)")
     with db.transaction() as conn:
         Ledger().open_system_accounts(SqlLedgerStore(conn))
         Integrator(signer).ensure_log(conn)
+        if not tiers.tier_levels(conn):
+            tiers.seed_default_tiers(conn)
     click.echo(f"database ready: {sa.make_url(settings.database_url).render_as_string()}")
     click.echo(f"log verifier key: {signer.verifier.vkey}")
 
@@ -211,6 +217,215 @@ def audit_prove(entry_id: UUID, fmt: str) -> None:
     click.echo(
         json.dumps(found.to_json(), indent=2) if fmt == "json" else found.tlog_proof(), nl=False
     )
+
+
+# -- partners, credentials and staff ---------------------------------------------------------------
+#
+# Tokens go to stdout alone, on one line, so a script can capture them; everything else goes to
+# stderr. A token is printed once and cannot be recovered: only its hash is stored.
+
+
+@main.group("partners")
+def partners_group() -> None:
+    """Partners of the coalition: onboard, list, suspend or reactivate."""
+
+
+@partners_group.command("add")
+@click.argument("code")
+@click.option("--legal-name", required=True, help="Name of the legal entity.")
+@click.option("--iban", required=True, help="Settlement account (checked).")
+@click.option("--bic", required=True, help="Bank identifier (checked).")
+@clear_errors
+def partners_add(code: str, legal_name: str, iban: str, bic: str) -> None:
+    """Onboard an active partner and open its ledger accounts."""
+    db = _database(Settings.from_env())
+    with db.transaction() as conn:
+        # audit: partner onboarded
+        partner = directory.onboard_partner(conn, code, legal_name, iban, bic, datetime.now(UTC))
+    click.echo(f"partner {partner.code} onboarded: {partner.legal_name}, {partner.iban} "
+               f"{partner.bic}")
+
+
+@partners_group.command("list")
+@clear_errors
+def partners_list() -> None:
+    """Print every partner: code, status, redemptions, version and legal name."""
+    from partners import tables as pt
+
+    db = _database(Settings.from_env())
+    with db.engine.connect() as conn:
+        rows = conn.execute(sa.select(pt.partners).order_by(pt.partners.c.code)).all()
+    for row in rows:
+        redemptions = "blocked" if row.redemption_blocked else "open"
+        click.echo(f"{row.code}\t{row.status}\tredemptions {redemptions}\tv{row.version}\t"
+                   f"{row.legal_name}")
+
+
+@partners_group.command("status")
+@click.argument("code")
+@click.argument("status", type=click.Choice([s.value for s in directory.PartnerStatus]))
+@click.option("--block-redemptions/--allow-redemptions", default=None,
+              help="Default: keep as is, or allow when the partner becomes active.")
+@clear_errors
+def partners_status(code: str, status: str, block_redemptions: bool | None) -> None:
+    """Set a partner's status (active, suspended, exiting) and whether members may spend there."""
+    db = _database(Settings.from_env())
+    with db.transaction() as conn:
+        before = directory.partner(conn, code)
+        if block_redemptions is None:
+            block_redemptions = before.redemption_blocked and status != "active"
+        # audit: partner status changed
+        after = directory.set_status(conn, code, status, datetime.now(UTC),
+                                     redemption_blocked=block_redemptions)
+    redemptions = "blocked" if after.redemption_blocked else "open"
+    click.echo(f"partner {code} is {after.status.value}, redemptions {redemptions} "
+               f"(version {after.version})")
+
+
+_STAFF_ROLES = [r.value for r in directory.Role if r is not directory.Role.PARTNER]
+
+
+def _print_issued(credential: directory.Credential, token: str) -> None:
+    """Print the token once, after the commit, so a printed token always works."""
+    owner = (f"partner {credential.partner}" if credential.partner
+             else f"staff {credential.staff}")
+    click.echo(f"credential {credential.id} ({credential.role.value}, {owner}); "
+               "the token below is shown once, store it now:", err=True)
+    click.echo(token)
+
+
+@main.group()
+def credentials() -> None:
+    """API credentials of partners and staff: issue, list, rotate, revoke."""
+
+
+@credentials.command("issue")
+@click.option("--partner", "partner_code", help="Issue a partner credential for this code.")
+@click.option("--staff", help="Issue a staff credential for this account.")
+@click.option("--role", type=click.Choice(_STAFF_ROLES), help="The staff credential's role.")
+@click.option("--label", help="A note, e.g. 'till system, store 12'.")
+@clear_errors
+def credentials_issue(partner_code: str | None, staff: str | None, role: str | None,
+                      label: str | None) -> None:
+    """Issue a credential and print its token once (partner: --partner; staff: --staff --role)."""
+    if (partner_code is None) == (staff is None):
+        raise click.UsageError("give either --partner CODE or --staff NAME --role ROLE")
+    if staff is not None and role is None:
+        raise click.UsageError("a staff credential needs --role")
+    if partner_code is not None and role is not None:
+        raise click.UsageError("a partner credential has the partner role; drop --role")
+    db = _database(Settings.from_env())
+    with db.transaction() as conn:
+        # audit: credential issued (never the token)
+        issued = directory.issue_credential(
+            conn, partner=partner_code, staff=staff, role=role or directory.Role.PARTNER,
+            label=label, now=datetime.now(UTC),
+        )
+        credential = directory.credential(conn, issued.credential_id)
+    _print_issued(credential, issued.token)
+
+
+@credentials.command("list")
+@click.option("--partner", "partner_code", help="Only this partner's credentials.")
+@click.option("--staff-only", is_flag=True, help="Only staff credentials.")
+@clear_errors
+def credentials_list(partner_code: str | None, staff_only: bool) -> None:
+    """Print credentials (never a secret): id, role, owner, label, created, revoked."""
+    from partners import tables as pt
+
+    c = pt.credentials.c
+    query = sa.select(c.id, c.role, c.partner, c.staff, c.label, c.created_at, c.revoked_at)
+    if partner_code is not None:
+        query = query.where(c.partner == partner_code)
+    if staff_only:
+        query = query.where(c.staff.is_not(None))
+    db = _database(Settings.from_env())
+    with db.engine.connect() as conn:
+        rows = conn.execute(query.order_by(c.created_at, c.id)).all()
+    for row in rows:
+        owner = row.partner or row.staff
+        revoked = f"revoked {row.revoked_at.isoformat()}" if row.revoked_at else "active"
+        click.echo(f"{row.id}\t{row.role}\t{owner}\t{row.label or ''}\t"
+                   f"{row.created_at.isoformat()}\t{revoked}")
+
+
+@credentials.command("rotate")
+@click.argument("credential_id")
+@click.option("--grace", type=click.IntRange(0, 7 * 86_400), default=0, show_default=True,
+              help="Seconds the old token keeps working.")
+@clear_errors
+def credentials_rotate(credential_id: str, grace: int) -> None:
+    """Issue a successor credential (token printed once); the old one stops after --grace."""
+    db = _database(Settings.from_env())
+    with db.transaction() as conn:
+        # audit: credential rotated
+        issued = directory.rotate_credential(conn, credential_id, datetime.now(UTC),
+                                             grace=timedelta(seconds=grace))
+        credential = directory.credential(conn, issued.credential_id)
+    _print_issued(credential, issued.token)
+
+
+@credentials.command("revoke")
+@click.argument("credential_id")
+@clear_errors
+def credentials_revoke(credential_id: str) -> None:
+    """Stop a credential from authenticating now."""
+    db = _database(Settings.from_env())
+    now = datetime.now(UTC)
+    with db.transaction() as conn:
+        # audit: credential revoked
+        revoked = directory.revoke_credential(conn, credential_id, now)
+    click.echo(f"credential {credential_id} revoked at {(revoked.revoked_at or now).isoformat()}")
+
+
+@main.group()
+def staff() -> None:
+    """The operator's staff accounts (finance, auditor, admin, privacy officer)."""
+
+
+@staff.command("add")
+@click.argument("name")
+@click.option("--role", required=True, type=click.Choice(_STAFF_ROLES))
+@click.option("--label", help="A note, e.g. 'laptop'.")
+@clear_errors
+def staff_add(name: str, role: str, label: str | None) -> None:
+    """Create a staff account's credential in a role and print its token once."""
+    db = _database(Settings.from_env())
+    with db.transaction() as conn:
+        # audit: staff credential issued (never the token)
+        issued = directory.issue_credential(conn, staff=name, role=role, label=label,
+                                            now=datetime.now(UTC))
+        credential = directory.credential(conn, issued.credential_id)
+    _print_issued(credential, issued.token)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64))
+@click.option("--graceful-timeout", default=30, show_default=True, type=click.IntRange(1, 600),
+              help="Seconds in-flight requests get to finish on SIGTERM.")
+def serve(host: str, port: int, workers: int, graceful_timeout: int) -> None:
+    """Serve the REST API (and its docs at /docs) under gunicorn."""
+    run_gunicorn(host, port, workers, graceful_timeout)
+
+
+def run_gunicorn(host: str, port: int, workers: int, graceful_timeout: int) -> None:
+    from gunicorn.app.base import BaseApplication
+
+    class _Server(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            self.cfg.set("bind", f"{host}:{port}")
+            self.cfg.set("workers", workers)
+            self.cfg.set("graceful_timeout", graceful_timeout)
+            self.cfg.set("accesslog", None)
+
+        def load(self) -> Any:
+            from api.wsgi import app
+
+            return app
+
+    _Server().run()
 
 
 from api.demo import demo  # noqa: E402  (registers the demo command on the group)

@@ -678,8 +678,9 @@ class Ledger:
             raise UnknownEntry(hold_id)
         # Lock both accounts the void posts to, in the global order (available before held), as
         # hold and capture do; locking only ``held`` and then updating ``available`` deadlocks them.
-        store.lock_accounts([member_account(hold.member, "available"),
-                             member_account(hold.member, "held")])
+        store.lock_accounts(
+            [member_account(hold.member, "available"), member_account(hold.member, "held")]
+        )
         hold = store.hold(hold_id)
         if hold is None or hold.status != "open" or hold.expires_at > now:
             return None

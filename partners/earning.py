@@ -1020,7 +1020,7 @@ def _prior(conn: Connection, actor: Actor, key: str) -> sa.Row | None:
     """The idempotency record of an earlier request under this key, if any."""
     i = lt.idempotency.c
     return conn.execute(
-        sa.select(lt.idempotency).where(i.credential == actor.credential, i.key == key)
+        sa.select(lt.idempotency).where(i.credential == actor.idempotency_scope, i.key == key)
     ).first()
 
 
@@ -1072,8 +1072,8 @@ def _record_refusal(
 ) -> None:
     """Record a refusal under the key, unless the kernel already recorded its own."""
     store = SqlLedgerStore(conn)
-    if store.claim_key(actor.credential, key, request, uuid4(), now):
-        store.record_refusal(actor.credential, key, refusal)
+    if store.claim_key(actor.idempotency_scope, key, request, uuid4(), now):
+        store.record_refusal(actor.idempotency_scope, key, refusal)
 
 
 def _earn_result(entry: Entry) -> EarnResult:

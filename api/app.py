@@ -1,0 +1,181 @@
+"""The Flask application factory: one Api, one blueprint per resource, one error shape.
+
+``create_app(settings)`` wires the database, the ledger kernel and (on SQLite) an inline
+integrator; views reach them through ``current_app.extensions["coalition"]``. Nothing is read from
+the environment here except through :class:`api.config.Settings`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+
+from flask import Flask, Response, g, request
+from flask_smorest import Api
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+import ledger.tables  # noqa: F401
+import partners.tables  # noqa: F401
+from api.config import Settings
+from api.errors import register_error_handlers
+from ledger.db import Database, create_engine
+from ledger.integrator import Integrator
+from ledger.keys import load_key
+from ledger.note import NoteSigner
+from ledger.service import Ledger
+from partners.vault import MasterKey
+
+log = logging.getLogger("coalition.api")
+
+
+@dataclass
+class Services:
+    """What the views need, built once per application."""
+
+    db: Database
+    ledger: Ledger
+    signer: NoteSigner | None
+    inline_integration: bool
+    master_key: MasterKey | None
+
+    def integrate(self) -> None:
+        """On SQLite, append new entries to the log right after the write commits."""
+        if self.inline_integration and self.signer is not None:
+            Integrator(self.signer).integrate_all(self.db)
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line, with the request id; never a secret or personal value."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "request_id": getattr(g, "request_id", None) if _in_request() else None,
+        }
+        entry.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def _in_request() -> bool:
+    from flask import has_request_context
+
+    return has_request_context()
+
+
+def create_app(settings: Settings | None = None, *, database: Database | None = None) -> Flask:
+    settings = settings or Settings.from_env()
+    app = Flask("coalition")
+    app.config.update(
+        API_TITLE="Coalition Ledger",
+        API_VERSION="v1",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/",
+        OPENAPI_JSON_PATH="openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="docs",
+        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+        JSON_SORT_KEYS=False,
+    )
+    db = database or Database(create_engine(settings.database_url, role=settings.database_role))
+    signer = _signer(settings)
+    app.extensions["coalition"] = Services(
+        db=db,
+        ledger=Ledger(),
+        signer=signer,
+        inline_integration=db.engine.dialect.name == "sqlite",
+        master_key=settings.vault_key(),
+    )
+    api = Api(app, spec_kwargs={"info": {"description": _DESCRIPTION}})
+    api.spec.components.security_scheme(
+        "bearer", {"type": "http", "scheme": "bearer", "description": "API key ck_<id>.<secret>"}
+    )
+    api.spec.options["security"] = [{"bearer": []}]
+    _register_blueprints(api)
+    register_error_handlers(app)
+    _observe(app)
+    return app
+
+
+def _signer(settings: Settings) -> NoteSigner | None:
+    if settings.log_key:
+        return NoteSigner.from_skey(settings.log_key)
+    if settings.log_key_file.exists():
+        return load_key(settings.log_key_file)
+    return None
+
+
+def _register_blueprints(api: Api) -> None:
+    from api.resources import admin, earning, health, log, members, points
+
+    for module in (health, log, points, earning, members, admin):
+        api.register_blueprint(module.blp)
+
+
+def _observe(app: Flask) -> None:
+    """Request ids, JSON access logs and Prometheus metrics for every request."""
+    registry = CollectorRegistry()
+    requests = Counter(
+        "coalition_http_requests",
+        "HTTP requests",
+        ["method", "endpoint", "status"],
+        registry=registry,
+    )
+    latency = Histogram(
+        "coalition_http_request_seconds", "HTTP request latency", ["endpoint"], registry=registry
+    )
+    app.extensions["coalition_metrics"] = registry
+
+    @app.before_request
+    def _start() -> None:
+        incoming = request.headers.get("X-Request-Id", "")
+        g.request_id = (
+            incoming if 0 < len(incoming) <= 100 and incoming.isprintable() else str(uuid.uuid4())
+        )
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def _finish(response: Response) -> Response:
+        response.headers["X-Request-Id"] = g.get("request_id", "")
+        endpoint = request.url_rule.rule if request.url_rule else "unmatched"
+        elapsed = time.perf_counter() - g.get("started", time.perf_counter())
+        requests.labels(request.method, endpoint, str(response.status_code)).inc()
+        latency.labels(endpoint).observe(elapsed)
+        log.info(
+            "request",
+            extra={
+                "fields": {
+                    "method": request.method,
+                    "path": endpoint,
+                    "status": response.status_code,
+                    "ms": round(elapsed * 1000, 2),
+                }
+            },
+        )
+        return response
+
+    @app.get("/metrics")
+    def _metrics() -> Response:
+        return Response(generate_latest(registry), mimetype="text/plain; version=0.0.4")
+
+
+def configure_logging() -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonLogFormatter())
+    root = logging.getLogger("coalition")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+
+
+_DESCRIPTION = """A verifiable double-entry ledger for a coalition loyalty currency.
+
+Authenticate with `Authorization: Bearer <api key>`. Every POST that moves points requires an
+`Idempotency-Key` header: a retry returns the original response (with `Idempotent-Replayed: true`),
+the same key with another payload is a 409. Errors are RFC 9457 `application/problem+json`.
+"""

@@ -1,0 +1,102 @@
+"""Authentication and the authorization matrix of PRODUCT.md §9, enforced in one place.
+
+Every view declares the operation it performs with :func:`requires`; :data:`PERMISSIONS` says which
+roles may perform it. A request without a valid bearer token gets 401, a role outside the
+operation's set gets 403. Partner isolation (a partner acts only on its own entries and sees only
+what members shared) is enforced by the services, which receive the caller's partner code.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from flask import current_app, g, request
+
+from api.errors import ApiProblem
+from partners import directory
+from partners.directory import Credential, Role
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+PARTNER, FINANCE, AUDITOR, ADMIN, PRIVACY = (
+    Role.PARTNER,
+    Role.FINANCE,
+    Role.AUDITOR,
+    Role.ADMIN,
+    Role.PRIVACY,
+)
+
+#: Operation → roles allowed. The table-driven test walks every (operation, role) pair.
+PERMISSIONS: dict[str, frozenset[Role]] = {
+    "members.enroll": frozenset({PARTNER, ADMIN}),
+    "members.read": frozenset({PARTNER, ADMIN, AUDITOR, PRIVACY}),
+    "members.balance": frozenset({PARTNER, AUDITOR, FINANCE}),
+    "members.entries": frozenset({PARTNER, AUDITOR}),
+    "members.consents": frozenset({PARTNER, PRIVACY}),
+    "members.export": frozenset({PRIVACY}),
+    "members.erasure": frozenset({PRIVACY}),
+    "points.earn": frozenset({PARTNER}),
+    "points.engage": frozenset({PARTNER}),
+    "points.burn": frozenset({PARTNER}),
+    "points.hold": frozenset({PARTNER}),
+    "points.reverse": frozenset({PARTNER}),
+    "points.transfer": frozenset({PARTNER}),
+    "entries.read": frozenset({PARTNER, AUDITOR, FINANCE}),
+    "log.read": frozenset({PARTNER, AUDITOR, FINANCE, ADMIN}),
+    "partners.read": frozenset({ADMIN, FINANCE, AUDITOR}),
+    "partners.write": frozenset({ADMIN}),
+    "credentials.write": frozenset({ADMIN}),
+    "keys.write": frozenset({ADMIN, PARTNER}),
+    "contracts.write": frozenset({ADMIN}),
+    "credentials.read": frozenset({ADMIN, AUDITOR}),
+    "keys.read": frozenset({ADMIN, AUDITOR, PARTNER}),
+    "staff.read": frozenset({ADMIN, AUDITOR}),
+    "staff.write": frozenset({ADMIN}),
+}
+
+
+def current_credential() -> Credential:
+    """The authenticated credential of this request (set by :func:`requires`)."""
+    return g.credential
+
+
+def _authenticate() -> Credential:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiProblem(401, "unauthenticated", "send 'Authorization: Bearer <api key>'")
+    db = current_app.extensions["coalition"].db
+    with db.transaction() as conn:
+        return directory.authenticate(conn, token.strip(), datetime.now(UTC))
+
+
+def requires(operation: str) -> Callable[[F], F]:
+    """Authenticate the caller and check that its role may perform ``operation``."""
+    allowed = PERMISSIONS[operation]
+
+    def decorate(view: F) -> F:
+        @functools.wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            credential = _authenticate()
+            if credential.role not in allowed:
+                raise ApiProblem(
+                    403, "forbidden", f"role {credential.role.value} may not {operation}"
+                )
+            g.credential = credential
+            return view(*args, **kwargs)
+
+        wrapper.required_operation = operation  # type: ignore[attr-defined]
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def acting_partner() -> str:
+    """The partner the caller acts for; staff have none."""
+    credential = current_credential()
+    if credential.partner is None:
+        raise ApiProblem(403, "forbidden", "only a partner credential can do this")
+    return credential.partner
