@@ -658,10 +658,11 @@ def add_contract(
     now: datetime,
     actor: str | None,
 ) -> Contract:
-    """Record the partner's next contract version, starting exactly where the previous one ends.
+    """Record the partner's next contract version.
 
-    Refused with :class:`ContractOverlap` if it starts before the previous version ends or that
-    version is open-ended, and with :class:`ContractGap` if it starts later.
+    After a version with an end, the next starts exactly there (:class:`ContractOverlap` if
+    earlier, :class:`ContractGap` if later). An open-ended version is superseded, never edited:
+    the next version starts later and not in the past, so no event already priced is repriced.
     """
     _aware(now, "now")
     _period(valid_from, valid_to)
@@ -670,7 +671,7 @@ def add_contract(
     if store.partner(partner, lock=True) is None:
         raise UnknownPartner(partner)
     previous = store.latest_contract(partner)
-    check_succession(partner, previous, valid_from)
+    check_succession(partner, previous, valid_from, now)
     contract = Contract(
         partner=partner,
         version=1 if previous is None else previous.version + 1,
@@ -684,8 +685,14 @@ def add_contract(
     return contract
 
 
-def check_succession(partner: str, previous: Contract | None, valid_from: datetime) -> None:
-    """A version must begin where the previous one ends: no overlap, no gap (half-open periods)."""
+def check_succession(
+    partner: str, previous: Contract | None, valid_from: datetime, now: datetime
+) -> None:
+    """A version begins where the previous one ends, or supersedes an open-ended one from now on.
+
+    Periods are half-open. The version in force at a time is the latest one that has started and
+    not ended, so an open-ended version implicitly ends where its successor starts.
+    """
     if previous is None:
         return
     context: dict[str, Any] = {
@@ -695,11 +702,13 @@ def check_succession(partner: str, previous: Contract | None, valid_from: dateti
         "valid_from": valid_from,
     }
     if previous.valid_to is None:
-        raise ContractOverlap(
-            f"contract {previous.price_version} is open-ended; contracts are never edited, "
-            "so no version can follow it",
-            **context,
-        )
+        if valid_from <= previous.valid_from or valid_from < now:
+            raise ContractOverlap(
+                f"{previous.price_version} is open-ended: a successor must start after it "
+                "started and not in the past, so no event already priced is repriced",
+                **context,
+            )
+        return
     if valid_from < previous.valid_to:
         raise ContractOverlap(
             f"a version starting {valid_from.isoformat()} overlaps {previous.price_version}, "

@@ -263,11 +263,22 @@ def test_overlapping_version_refused(d: Directory, super_: str) -> None:
     assert len(d.contracts(super_)) == 1
 
 
-def test_open_ended_version_cannot_be_followed(d: Directory, super_: str) -> None:
-    """An open-ended version ends the chain: contracts are never edited, so none can follow."""
+def test_open_ended_version_is_superseded_from_a_later_date(d: Directory, super_: str) -> None:
+    """A successor of an open-ended version takes over from its own start; the old row is kept."""
+    d.add_contract(super_, terms(), JAN, None, T0, None)
+    d.add_contract(super_, terms(earn_rate="2"), APR, None, T0, None)
+    assert d.contract_at(super_, MAR).version == 1
+    assert d.contract_at(super_, APR).version == 2
+    assert [c.valid_to for c in d.contracts(super_)] == [None, None]
+
+
+def test_open_ended_version_cannot_be_superseded_in_the_past(d: Directory, super_: str) -> None:
+    """A successor may not start before now: events already priced are never repriced."""
     d.add_contract(super_, terms(), JAN, None, T0, None)
     with pytest.raises(ContractOverlap, match="open-ended"):
-        d.add_contract(super_, terms(), APR, None, T0, None)
+        d.add_contract(super_, terms(), FEB, None, MAR, None)
+    with pytest.raises(ContractOverlap, match="open-ended"):
+        d.add_contract(super_, terms(), JAN, None, T0, None)
 
 
 def test_version_leaving_a_gap_refused(d: Directory, super_: str) -> None:
