@@ -1,4 +1,4 @@
-"""Running balances of hot accounts are sharded; the shard count can change without losing updates."""
+"""Hot accounts keep sharded running balances; changing the shard count loses no update."""
 
 from __future__ import annotations
 

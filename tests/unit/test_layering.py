@@ -12,7 +12,7 @@ PACKAGES = ("ledger", "partners", "settlement", "audit", "api")
 
 
 def test_import_contracts_hold() -> None:
-    """import-linter's contracts in pyproject.toml (ledger imports nothing of ours, only api knows Flask) pass."""
+    """The import-linter contracts hold: ledger imports nothing of ours, only api knows Flask."""
     result = subprocess.run(
         [sys.executable, "-m", "importlinter.cli", "--config", str(ROOT / "pyproject.toml")],
         cwd=ROOT,
@@ -34,9 +34,13 @@ def test_import_contracts_hold() -> None:
 def _reads_environment(path: Path) -> bool:
     tree = ast.parse(path.read_text(encoding="utf-8"))
     for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv"):
-            if isinstance(node.value, ast.Name) and node.value.id == "os":
-                return True
+        if (
+            isinstance(node, ast.Attribute)
+            and node.attr in ("environ", "getenv")
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "os"
+        ):
+            return True
     return False
 
 
