@@ -19,6 +19,7 @@ import sqlalchemy as sa
 
 import ledger.tables  # noqa: F401  (registers the tables on the shared metadata)
 import partners.tables  # noqa: F401
+import settlement.tables  # noqa: F401
 from ledger.db import Database, create_engine, upgrade
 
 PG_URL = os.environ.get("COALITION_TEST_DATABASE_URL")
