@@ -13,6 +13,7 @@ Tree::
     ├── InvalidRequest          a command whose arguments are malformed
     ├── UnknownAccount          an account that was never opened
     ├── UnknownEntry            an entry id that is not in the journal
+    ├── NotYetIntegrated        a booked entry the integrator has not logged yet
     ├── BusinessRefusal         a well-formed request the ledger refuses (recorded for idempotency)
     │   ├── InsufficientPoints  a debit would take an account below its floor
     │   ├── HoldNotOpen         capture/void of a hold that is captured, voided or expired
@@ -75,6 +76,19 @@ class UnknownEntry(LedgerError):
 
     def __init__(self, entry_id: UUID | str) -> None:
         super().__init__(f"entry {entry_id} does not exist")
+        self.entry_id = str(entry_id)
+
+    def fields(self) -> dict[str, Any]:
+        return {"entry_id": self.entry_id}
+
+
+class NotYetIntegrated(LedgerError):
+    """The entry is booked but the integrator has not put it in the log yet; ask again later."""
+
+    code = "not-yet-integrated"
+
+    def __init__(self, entry_id: UUID | str) -> None:
+        super().__init__(f"entry {entry_id} is booked but not yet in the log")
         self.entry_id = str(entry_id)
 
     def fields(self) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection
 
 from ledger import merkle
 from ledger.db import Database
-from ledger.errors import ProofError, UnknownEntry
+from ledger.errors import NotYetIntegrated, ProofError
 from ledger.journal import Leaf, parse_leaf
 from ledger.logstore import SqlLogStore
 from ledger.note import Checkpoint, NoteVerifier, open_checkpoint
@@ -115,7 +115,7 @@ def wait_for_receipt(db: Database, entry_id: UUID, timeout: float = 5.0) -> Rece
         if found is not None:
             return found
         if time.monotonic() >= deadline:
-            raise UnknownEntry(entry_id)
+            raise NotYetIntegrated(entry_id)
         time.sleep(delay)
         delay = min(delay * 2, 0.1)
 
