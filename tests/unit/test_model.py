@@ -375,8 +375,8 @@ def test_refusal_samples_cover_every_kernel_business_refusal() -> None:
 
 def test_refusal_codes_are_unique_across_packages() -> None:
     """No two refusal classes share a code, so a recorded refusal replays as exactly one class."""
-    import partners.earning  # noqa: F401  (load every package's refusals)
-    import partners.errors  # noqa: F401
+    import partners.earning
+    import partners.errors
     import partners.rules  # noqa: F401
 
     classes = _all_subclasses(BusinessRefusal)
