@@ -8,6 +8,11 @@ canonical envelope chained to the previous leaf, stores the new complete-subtree
 checkpoint for the new size and deletes the queue rows. A crash at any point rolls the whole batch
 back; the rows are still queued and the next pass integrates them exactly once.
 
+Other packages may queue records that are not ledger entries (the audit log): the integrator takes
+them through the :class:`RecordQueue` protocol it is given, after the batch's entries and in the
+same transaction, so they are chained, indexed and covered by the same signed checkpoint. The
+ledger does not know what those records mean.
+
 Why not a database sequence as the index: sequences have gaps and are handed out in start order,
 not commit order. Queue ``seq`` order does respect causality per account: a writer inserts its
 queue row only after taking its account locks, so a later writer on the same account always gets a
@@ -17,8 +22,10 @@ larger ``seq`` and commits later.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any, Protocol
 from uuid import UUID
 
 from sqlalchemy.engine import Connection
@@ -46,12 +53,44 @@ class BatchResult:
     checkpoint: str
 
 
-class Integrator:
-    """Appends queued entries to the log signed by ``signer`` (whose name is the log origin)."""
+@dataclass(frozen=True, slots=True)
+class QueuedRecord:
+    """A record other than a ledger entry, waiting in its owner's queue to become a leaf."""
 
-    def __init__(self, signer: NoteSigner, batch_size: int = 1000) -> None:
+    key: int
+    """Its position in its own queue (what the queue needs to remove it)."""
+    kind: str
+    """The leaf kind (e.g. ``AUDIT``); never an entry kind and never ``LOG_START``."""
+    body: dict[str, Any]
+    """The leaf's ``entry`` member, inside the hashed-data profile."""
+
+
+class RecordQueue(Protocol):
+    """A queue of non-entry records that the integrator appends after each batch's entries."""
+
+    def queued(self, conn: Connection, limit: int) -> list[QueuedRecord]:
+        """Up to ``limit`` committed records, oldest first."""
+        ...
+
+    def integrated(self, conn: Connection, placed: Sequence[tuple[QueuedRecord, str, int]]) -> None:
+        """Remove the records from the queue; each became leaf (log, index)."""
+        ...
+
+
+class Integrator:
+    """Appends queued entries to the log signed by ``signer`` (whose name is the log origin).
+
+    ``queues`` are the other packages' record queues (the audit log's); their records follow the
+    entries of each batch, up to ``batch_size`` leaves in all, with a tenth of the batch kept for
+    them.
+    """
+
+    def __init__(
+        self, signer: NoteSigner, batch_size: int = 1000, queues: Sequence[RecordQueue] = ()
+    ) -> None:
         self.signer = signer
         self.batch_size = batch_size
+        self.queues = tuple(queues)
 
     @property
     def origin(self) -> str:
@@ -75,13 +114,35 @@ class Integrator:
         if not store.try_lead():
             return None
         self.ensure_log(conn)
-        queued = store.queued(self.batch_size)
-        if not queued:
-            return None
+        # A tenth of each batch stays open to the record queues, so a steady stream of entries
+        # never starves them; whatever they leave unused the entries do not get back this batch.
+        share = max(1, self.batch_size // 10) if self.queues and self.batch_size > 1 else 0
+        queued = store.queued(self.batch_size - share)
         entries = SqlLedgerStore(conn).load_entries([entry_id for _, entry_id in queued])
-        records = [(entry.kind.value, entry_record(entry), entry.id) for entry in entries]
+        records: list[tuple[str, dict, UUID | None]] = [
+            (entry.kind.value, entry_record(entry), entry.id) for entry in entries
+        ]
+        others: list[tuple[RecordQueue, list[QueuedRecord]]] = []
+        room = self.batch_size - len(records)
+        for queue in self.queues:
+            if room <= 0:
+                break
+            taken = queue.queued(conn, room)
+            others.append((queue, taken))
+            records += [(record.kind, record.body, None) for record in taken]
+            room -= len(taken)
+        if not records:
+            return None
         result = self._append(store, records)
-        store.dequeue([seq for seq, _ in queued])
+        if queued:
+            store.dequeue([seq for seq, _ in queued])
+        index = result.first_index + len(entries)
+        for queue, taken in others:
+            if taken:
+                queue.integrated(
+                    conn, [(record, self.origin, index + n) for n, record in enumerate(taken)]
+                )
+                index += len(taken)
         return result
 
     def integrate_all(self, db: Database) -> int:

@@ -11,8 +11,10 @@ the leaves so a reader can check the journal row by row; ``log`` and ``index`` l
 alone as evidence; the nonce makes a leaf's hash unguessable from its content (a partner holding a
 receipt learns nothing about neighbouring leaves from their hashes).
 
-A leaf either records a ledger entry (``kind`` is its entry kind) or opens a log after a key
-rotation (``kind`` = ``LOG_START``; ``entry`` quotes the previous log's final checkpoint).
+A leaf either records a ledger entry (``kind`` is its entry kind), opens a log after a key
+rotation (``kind`` = ``LOG_START``; ``entry`` quotes the previous log's final checkpoint), or
+records an audit event (``kind`` = ``AUDIT``; the ``entry`` member is the event, whose own
+``kind`` is also ``AUDIT``, written by the audit package and specified in docs/VERIFYING.md §10).
 
 Invariants: ``parse_leaf(build_leaf(...))`` returns what was built; a leaf whose bytes are not the
 canonical form of their own JSON is refused.
@@ -41,6 +43,9 @@ from ledger.model import Entry, EntryKind, Lot, LotMove, Posting
 ENVELOPE_VERSION = 1
 GENESIS_PREV = bytes(32)
 LOG_START = "LOG_START"
+AUDIT = "AUDIT"
+#: Leaf kinds that do not record a ledger entry (no postings, no journal-table row).
+NON_ENTRY_KINDS = frozenset({LOG_START, AUDIT})
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,5 +211,5 @@ def _lot_from_record(record: dict[str, Any]) -> Lot:
 
 
 def entry_id_of(leaf: Leaf) -> UUID | None:
-    """The ledger entry a leaf records, or ``None`` for a log-start leaf."""
-    return None if leaf.kind == LOG_START else parse_uuid(leaf.body["id"])
+    """The ledger entry a leaf records, or ``None`` for a log-start or audit leaf."""
+    return None if leaf.kind in NON_ENTRY_KINDS else parse_uuid(leaf.body["id"])

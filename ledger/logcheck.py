@@ -9,11 +9,14 @@ rebuilt as a stack of peaks) that reports every finding rather than stopping at 
   and every journal entry not in the queue has a leaf (nothing deleted);
 - every checkpoint's signature verifies and its root equals the root recomputed at its size;
 - every stored tree node equals the recomputed one.
+
+Leaves of other kinds (``AUDIT``) are checked here as leaves (bytes, chain, position, tree); what
+they record is checked by their owner through the ``record_check`` hook, batch by batch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from uuid import UUID
 
@@ -24,25 +27,33 @@ from ledger import merkle
 from ledger import tables as t
 from ledger.consistency import Finding
 from ledger.errors import LedgerError
-from ledger.journal import GENESIS_PREV, LOG_START, entry_record, parse_leaf
+from ledger.journal import GENESIS_PREV, LOG_START, NON_ENTRY_KINDS, Leaf, entry_record, parse_leaf
 from ledger.note import NoteVerifier, open_checkpoint
 from ledger.repository import SqlLedgerStore
 
 _BATCH = 2000
 
+#: Checks what non-entry leaves (audit events) record: called once per batch of leaves with the
+#: batch's parsed leaves of a kind other than an entry kind and ``LOG_START``, in index order.
+RecordCheck = Callable[[Connection, Sequence[Leaf]], Iterable[Finding]]
 
-def verify_log(conn: Connection, verifiers: Iterable[NoteVerifier]) -> list[Finding]:
+
+def verify_log(
+    conn: Connection, verifiers: Iterable[NoteVerifier], record_check: RecordCheck | None = None
+) -> list[Finding]:
     """Every finding about every log in the database (empty when all verifies)."""
     keyring = list(verifiers)
     findings: list[Finding] = []
     logs = conn.execute(sa.select(t.logs.c.origin).order_by(t.logs.c.opened_at)).scalars().all()
     for log in logs:
-        findings.extend(_verify_one_log(conn, log, keyring))
+        findings.extend(_verify_one_log(conn, log, keyring, record_check))
     findings.extend(_entries_without_leaves(conn))
     return findings
 
 
-def _verify_one_log(conn: Connection, log: str, keyring: list[NoteVerifier]) -> Iterator[Finding]:
+def _verify_one_log(
+    conn: Connection, log: str, keyring: list[NoteVerifier], record_check: RecordCheck | None
+) -> Iterator[Finding]:
     checkpoints = {
         row.size: row
         for row in conn.execute(sa.select(t.checkpoints).where(t.checkpoints.c.log == log))
@@ -69,6 +80,7 @@ def _verify_one_log(conn: Connection, log: str, keyring: list[NoteVerifier]) -> 
         )
     for rows in _leaf_batches(conn, log):
         entries = _journal_entries(conn, [r.entry_id for r in rows if r.entry_id is not None])
+        records: list[Leaf] = []
         for row in rows:
             data = bytes(row.data)
             real_hash = merkle.leaf_hash(data)
@@ -77,7 +89,9 @@ def _verify_one_log(conn: Connection, log: str, keyring: list[NoteVerifier]) -> 
                 yield Finding("leaf-sequence", subject, expected_index, row.idx)
             if bytes(row.hash) != real_hash:
                 yield Finding("leaf-hash", subject, real_hash.hex(), bytes(row.hash).hex())
-            yield from _check_leaf(data, subject, log, row.idx, prev, row.entry_id, entries, clock)
+            yield from _check_leaf(
+                data, subject, log, row.idx, prev, row.entry_id, entries, clock, records
+            )
             prev, expected_index = real_hash, row.idx + 1
             _push(peaks, real_hash)
             size = row.idx + 1
@@ -90,6 +104,8 @@ def _verify_one_log(conn: Connection, log: str, keyring: list[NoteVerifier]) -> 
                         root.hex(),
                         bytes(checkpoints[size].root).hex(),
                     )
+        if record_check is not None and records:
+            yield from record_check(conn, records)
     for size in sorted(s for s in checkpoints if s > expected_index):
         yield Finding("checkpoint-beyond-log", f"{log}@{size}", expected_index, size)
     yield from _check_nodes(conn, log)
@@ -110,6 +126,7 @@ def _check_leaf(
     entry_id: UUID | None,
     entries: dict[UUID, dict | None],
     clock: list[datetime],
+    records: list[Leaf],
 ) -> Iterator[Finding]:
     try:
         leaf = parse_leaf(data)
@@ -126,7 +143,9 @@ def _check_leaf(
         yield Finding("leaf-position", subject, (log, index), (leaf.log, leaf.index))
     if leaf.prev != prev:
         yield Finding("leaf-chain", subject, prev.hex(), leaf.prev.hex())
-    if leaf.kind == LOG_START:
+    if leaf.kind in NON_ENTRY_KINDS:
+        if leaf.kind != LOG_START:
+            records.append(leaf)
         return
     if entry_id is None or leaf.body.get("id") != str(entry_id):
         yield Finding("leaf-entry", subject, str(entry_id), leaf.body.get("id"))

@@ -1,0 +1,1076 @@
+"""The audit bundle: a self-contained export of the ledger that an auditor verifies offline.
+
+:func:`export_bundle` writes, from one consistent snapshot of the database, streaming (one batch of
+rows in memory at a time)::
+
+    manifest.json      format, creation time, and the SHA-256, size and line count of every file
+    keys.json          every log's origin and verifier key (the operator's claim), and the trust
+                       policy: trust only keys obtained out of band; witnesses and quorum
+    leaves.jsonl       every leaf of every log, in log then index order: each line IS the leaf's
+                       exact bytes (canonical JSON never holds a raw newline), so a leaf's hash is
+                       SHA-256(0x00 || line); bytes that cannot be a line are written as
+                       {"index", "leaf_base64", "log"}
+    checkpoints.jsonl  every signed checkpoint: {"log", "size", "note"}
+    entries.jsonl      the journal tables' record of every entry (what the database says, to be
+                       compared with the leaves): {"index", "log", "queued", "record"}, where
+                       record is the entry's canonical record; queued entries last
+    audit.jsonl        the audit_events rows, in the same form
+    balances.jsonl     the cached balances: {"account", "balance", "shard"}
+    lots.jsonl         the cached lots: terms, remaining, pending
+
+:func:`verify_bundle` checks a bundle with nothing else but the trusted log keys: the manifest,
+then one streaming pass over the leaves (canonical bytes, the chain, gapless indices, the Merkle
+tree as a stack of O(log n) peaks against every signed checkpoint, every entry's rules, each entry
+and audit event against the tables' record), then the caches against what the leaves imply,
+compared bucket by bucket (:mod:`audit.tally`) so memory stays flat however long the log. It
+reports every finding.
+The byte-level format is specified in docs/AUDITING.md and docs/VERIFYING.md §10.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from multiprocessing import get_context
+from pathlib import Path
+from typing import IO, Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from audit import tables as at
+from audit.errors import BundleError
+from audit.findings import entry_differences
+from audit.leafscan import (
+    ENTRY_KINDS,
+    ChunkResult,
+    Effects,
+    check_entry,
+    leaf_bytes,
+    lot_terms,
+    scan_chunk,
+)
+from audit.log import event_from_row
+from audit.tally import BUCKETS, Tally, differences, fold_many
+from audit.verify import Report
+from ledger import merkle
+from ledger import tables as t
+from ledger.canonical import canonical_bytes, format_timestamp, format_uuid
+from ledger.consistency import Finding
+from ledger.errors import LedgerError
+from ledger.journal import AUDIT, GENESIS_PREV, LOG_START, entry_record
+from ledger.logcheck import own_keys
+from ledger.logstore import SqlLogStore
+from ledger.note import NoteVerifier, open_checkpoint
+from ledger.repository import SqlLedgerStore
+
+FORMAT = "coalition-audit-bundle/1"
+FILES = (
+    "keys.json",
+    "leaves.jsonl",
+    "checkpoints.jsonl",
+    "entries.jsonl",
+    "audit.jsonl",
+    "balances.jsonl",
+    "lots.jsonl",
+)
+TRUST_POLICY = {
+    "log_keys": (
+        "Trust only log verifier keys obtained out of band (coalition keys show, the partner "
+        "contract). The vkeys in this file are the operator's claim and prove nothing."
+    ),
+    "witnesses": [],
+    "witness_quorum": 0,
+    "witness_note": "no witnesses are configured yet; compare checkpoints you hold yourself",
+}
+_BATCH = 2000
+_CHUNK = 4000
+# A number with a fraction or exponent, or of 16 digits or more, outside the profile's integers.
+_SUSPECT = re.compile(
+    rb"[:,\[]-?[0-9]+(?:\.[0-9]+(?:[eE][-+]?[0-9]+)?|[eE][-+]?[0-9]+)[,}\]]|[:,\[]-?[0-9]{16}|NaN|Infinity"
+)
+_LINE = re.compile(
+    rb'\{"index":(null|0|[1-9][0-9]{0,18}),"log":(null|"[^"\\]*"),"queued":(true|false),'
+    rb'"record":(.*)\}',
+    re.DOTALL,
+)
+
+Progress = Callable[[str, int, int], None]
+"""Called as (phase, done, total) while a long phase runs (bytes of the file being read)."""
+
+
+# == export ======================================================================================
+
+
+@dataclass(frozen=True)
+class ExportSummary:
+    """What a bundle holds."""
+
+    path: Path
+    logs: list[str]
+    leaves: int
+    entries: int
+    audit_events: int
+    queued: int
+
+
+class _HashingFile:
+    """A file written line by line whose SHA-256, size and line count are kept as it goes."""
+
+    def __init__(self, path: Path) -> None:
+        self.name = path.name
+        self.file: IO[bytes] = path.open("wb")
+        self.sha = hashlib.sha256()
+        self.bytes = 0
+        self.lines = 0
+
+    def line(self, data: bytes) -> None:
+        data += b"\n"
+        self.file.write(data)
+        self.sha.update(data)
+        self.bytes += len(data)
+        self.lines += data.count(b"\n")
+
+    def close(self) -> dict[str, Any]:
+        self.file.close()
+        return {"sha256": self.sha.hexdigest(), "bytes": self.bytes, "lines": self.lines}
+
+
+def export_database(engine: Engine, out: Path, *, now: datetime) -> ExportSummary:
+    """Export from one read-only snapshot: REPEATABLE READ on PostgreSQL (writers go on), one
+    transaction on SQLite (which holds writers off until the export ends)."""
+    with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+        with conn.begin():
+            if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+            return export_bundle(conn, out, now=now)
+
+
+def export_bundle(conn: Connection, out: Path, *, now: datetime) -> ExportSummary:
+    """Write the bundle of everything in the database to the empty directory ``out``.
+
+    Run it in one transaction (REPEATABLE READ on PostgreSQL) so the files agree with each other.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    if any(out.iterdir()):
+        raise BundleError(f"{out} is not empty: export into a new directory")
+    files = {name: _HashingFile(out / name) for name in FILES}
+    logs = SqlLogStore(conn).logs()
+    keys = {
+        "logs": [
+            {"origin": origin, "vkey": vkey, "previous_origin": previous}
+            for origin, vkey, previous in logs
+        ],
+        "trust_policy": TRUST_POLICY,
+    }
+    files["keys.json"].line(json.dumps(keys, indent=2, ensure_ascii=False).encode())
+    leaves = sum(_export_log(conn, origin, files) for origin, _, _ in logs)
+    queued = _export_unlogged_entries(conn, files["entries.jsonl"])
+    events = files["audit.jsonl"].lines + _export_unlogged_events(conn, files["audit.jsonl"])
+    _export_checkpoints(conn, [origin for origin, _, _ in logs], files["checkpoints.jsonl"])
+    _export_caches(conn, files["balances.jsonl"], files["lots.jsonl"])
+    entries = files["entries.jsonl"].lines
+    manifest = {
+        "format": FORMAT,
+        "created_at": format_timestamp(now),
+        "logs": [origin for origin, _, _ in logs],
+        "files": {name: writer.close() for name, writer in files.items()},
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return ExportSummary(out, manifest["logs"], leaves, entries, events, queued)
+
+
+def _export_log(conn: Connection, log: str, files: dict[str, _HashingFile]) -> int:
+    """The log's leaves, and in the same order the entries and audit events they record."""
+    count, last = 0, -1
+    store = SqlLedgerStore(conn)
+    while True:
+        rows = conn.execute(
+            sa.select(t.leaves.c.idx, t.leaves.c.entry_id, t.leaves.c.data)
+            .where(t.leaves.c.log == log, t.leaves.c.idx > last)
+            .order_by(t.leaves.c.idx)
+            .limit(_BATCH)
+        ).all()
+        if not rows:
+            return count
+        for row in rows:
+            files["leaves.jsonl"].line(_leaf_line(log, row.idx, bytes(row.data)))
+        ids = [row.entry_id for row in rows if row.entry_id is not None]
+        index_of = {row.entry_id: row.idx for row in rows}
+        for entry in sorted(store.load_entries(ids), key=lambda e: index_of[e.id]):
+            record = _record_bytes(entry_record(entry))
+            files["entries.jsonl"].line(_record_line(index_of[entry.id], log, False, record))
+        _export_logged_events(conn, log, last, rows[-1].idx, files["audit.jsonl"])
+        count, last = count + len(rows), rows[-1].idx
+
+
+def _export_logged_events(
+    conn: Connection, log: str, after: int, upto: int, out: _HashingFile
+) -> None:
+    link = at.audit_leaves.c
+    query = (
+        sa.select(at.audit_events, link.idx)
+        .join(at.audit_leaves, link.event_id == at.audit_events.c.id)
+        .where(link.log == log, link.idx > after, link.idx <= upto)
+        .order_by(link.idx)
+    )
+    for row in conn.execute(query):
+        out.line(_record_line(row.idx, log, False, _record_bytes(event_from_row(row).record())))
+
+
+def _export_unlogged_entries(conn: Connection, out: _HashingFile) -> int:
+    """Queued entries (in queue order), then entries with neither a leaf nor a queue row."""
+    store = SqlLedgerStore(conn)
+    queued_ids = list(
+        conn.scalars(sa.select(t.journal_queue.c.entry_id).order_by(t.journal_queue.c.seq))
+    )
+    dropped = list(
+        conn.scalars(
+            sa.select(t.entries.c.id)
+            .outerjoin(t.leaves, t.leaves.c.entry_id == t.entries.c.id)
+            .outerjoin(t.journal_queue, t.journal_queue.c.entry_id == t.entries.c.id)
+            .where(t.leaves.c.entry_id.is_(None), t.journal_queue.c.entry_id.is_(None))
+            .order_by(t.entries.c.id)
+        )
+    )
+    for ids, queued in ((queued_ids, True), (dropped, False)):
+        for start in range(0, len(ids), _BATCH):
+            for entry in store.load_entries(ids[start : start + _BATCH]):
+                out.line(_record_line(None, None, queued, _record_bytes(entry_record(entry))))
+    return len(queued_ids)
+
+
+def _export_unlogged_events(conn: Connection, out: _HashingFile) -> int:
+    events = at.audit_events
+    queued = (
+        sa.select(events)
+        .join(at.audit_queue, at.audit_queue.c.event_id == events.c.id)
+        .order_by(at.audit_queue.c.seq)
+    )
+    linked = sa.select(at.audit_leaves.c.event_id).where(at.audit_leaves.c.event_id == events.c.id)
+    in_queue = sa.select(at.audit_queue.c.event_id).where(at.audit_queue.c.event_id == events.c.id)
+    dropped = sa.select(events).where(~linked.exists(), ~in_queue.exists()).order_by(events.c.seq)
+    count = 0
+    for query, is_queued in ((queued, True), (dropped, False)):
+        for row in conn.execute(query):
+            record = _record_bytes(event_from_row(row).record())
+            out.line(_record_line(None, None, is_queued, record))
+            count += 1
+    return count
+
+
+def _export_checkpoints(conn: Connection, logs: list[str], out: _HashingFile) -> None:
+    for log in logs:
+        query = (
+            sa.select(t.checkpoints.c.size, t.checkpoints.c.note)
+            .where(t.checkpoints.c.log == log)
+            .order_by(t.checkpoints.c.size)
+        )
+        for size, note in conn.execute(query):
+            out.line(_json({"log": log, "size": size, "note": note}))
+
+
+def _export_caches(conn: Connection, balances: _HashingFile, lots: _HashingFile) -> None:
+    query = sa.select(t.balances).order_by(t.balances.c.account, t.balances.c.shard)
+    for row in conn.execute(query):
+        balances.line(_json({"account": row.account, "balance": row.balance, "shard": row.shard}))
+    for row in conn.execute(sa.select(t.lots).order_by(t.lots.c.id)):
+        lots.line(_json(_lot_line(row)))
+
+
+def _lot_line(row: Any) -> dict[str, Any]:
+    def stamp(value: datetime | None) -> str | None:
+        return format_timestamp(value) if value is not None else None
+
+    return {
+        "id": format_uuid(row.id),
+        "opened_by": format_uuid(row.opened_by),
+        "member": row.member,
+        "funder": row.funder,
+        "amount": row.amount,
+        "earned_at": stamp(row.earned_at),
+        "expires_at": stamp(row.expires_at),
+        "pending_until": stamp(row.pending_until),
+        "price_version": row.price_version,
+        "remaining": row.remaining,
+        "pending": bool(row.pending),
+    }
+
+
+def _leaf_line(log: str, index: int, data: bytes) -> bytes:
+    if data and b"\n" not in data and not data.startswith(b'{"index":'):
+        return data
+    escape = {"index": index, "leaf_base64": base64.b64encode(data).decode(), "log": log}
+    return _json(escape)
+
+
+def _record_bytes(record: dict[str, Any]) -> bytes:
+    """The canonical bytes of a record, as a leaf holds them; the C codec where that is exact."""
+    text = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    data = text.encode()
+    if text.isascii() and b"\\" not in data and not _SUSPECT.search(data):
+        return data
+    try:
+        return canonical_bytes(record)
+    except LedgerError:
+        return data  # outside the profile: written as is, and the verifier will say it differs
+
+
+def _record_line(index: int | None, log: str | None, queued: bool, record: bytes) -> bytes:
+    head = json.dumps(index).encode(), json.dumps(log, ensure_ascii=False).encode()
+    return b'{"index":%s,"log":%s,"queued":%s,"record":%s}' % (
+        head[0],
+        head[1],
+        b"true" if queued else b"false",
+        record,
+    )
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+# == verification ================================================================================
+
+
+def verify_bundle(
+    path: Path,
+    trusted: list[NoteVerifier] | None,
+    *,
+    workers: int = 1,
+    progress: Progress | None = None,
+    buckets: int = BUCKETS,
+) -> Report:
+    """Verify the bundle in ``path`` with nothing but the ``trusted`` log keys; every finding.
+
+    ``trusted=None`` trusts the bundle's own keys.json, which proves nothing against its author
+    (the report says so). ``workers`` > 1 checks leaves in that many processes.
+    """
+    return _BundleVerifier(Path(path), trusted, workers, progress, buckets).run()
+
+
+@dataclass
+class _Line:
+    """One line of entries.jsonl or audit.jsonl."""
+
+    key: tuple[int, int] | None
+    log: str | None
+    index: int | None
+    queued: bool
+    record: bytes | None
+    line_no: int
+
+
+@dataclass
+class _LogState:
+    """Where the pass over one log's leaves stands."""
+
+    origin: str
+    previous: str | None
+    checkpoints: dict[int, list[bytes]] = field(default_factory=dict)
+    """Verified checkpoints: size -> the roots signed at that size."""
+    count: int = 0
+    expected: int = 0
+    missing: list[list[int]] = field(default_factory=list)
+    last_index: int = -1
+    last_hash: bytes = GENESIS_PREV
+    last_stamp: str = ""
+    peaks: list[tuple[int, bytes]] = field(default_factory=list)
+    intact: bool = True
+    """No leaf-level finding so far: the chain and the sequence hold."""
+    matched: list[int] = field(default_factory=list)
+    mismatched: list[tuple[int, bytes, bytes]] = field(default_factory=list)
+    start: dict[str, Any] | None = None
+
+
+class _BundleVerifier:
+    def __init__(
+        self,
+        path: Path,
+        trusted: list[NoteVerifier] | None,
+        workers: int,
+        progress: Progress | None,
+        buckets: int,
+    ) -> None:
+        self.path = path
+        self.trusted = trusted
+        self.workers = max(1, workers)
+        self.progress = progress or (lambda phase, done, total: None)
+        self.secret = os.urandom(32)
+        self.buckets = buckets
+        self.findings: list[Finding] = []
+        self.notes: list[str] = []
+        self.tallies = {
+            name: Tally(name, self.secret, buckets)
+            for name in ("balance", "lot-state", "lot-terms", "cover", "pending")
+        }
+        self.books = {"POINTS": 0, "EUR": 0}
+        self.logs: dict[str, _LogState] = {}
+        self.order: dict[str, int] = {}
+        self.leaves = 0
+
+    # -- orchestration ------------------------------------------------------------------------
+
+    def run(self) -> Report:
+        if not self.path.is_dir():
+            raise BundleError(f"{self.path} is not a bundle directory")
+        self._check_manifest()
+        keyring = self._load_keys()
+        self._load_checkpoints(keyring)
+        entries = _Joined(self.path / "entries.jsonl", self._ordinal, self._format_error)
+        events = _Joined(self.path / "audit.jsonl", self._ordinal, self._format_error)
+        self._scan_leaves(entries, events, keyring)
+        self._leftover_entries(entries)
+        self._leftover_events(events)
+        self._read_caches()
+        self._compare_tallies()
+        if any(self.books.values()):
+            self.findings += [Finding("book-sum", b, 0, v) for b, v in self.books.items() if v]
+        return Report(list(self.logs), self.leaves, self.findings, self.notes, source="bundle")
+
+    def _format_error(self, where: str, why: str) -> None:
+        self.findings.append(Finding("bundle-format", where, "a well-formed line", why))
+
+    def _ordinal(self, log: str) -> int:
+        if log not in self.order:
+            self.order[log] = len(self.order) + 1_000_000  # unknown logs sort after the known
+        return self.order[log]
+
+    # -- manifest and keys --------------------------------------------------------------------
+
+    def _check_manifest(self) -> None:
+        try:
+            manifest = json.loads((self.path / "manifest.json").read_text(encoding="utf-8"))
+            listed = dict(manifest["files"])
+            if manifest.get("format") != FORMAT:
+                self._format_error("manifest.json", f"format {manifest.get('format')!r}")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            self._format_error("manifest.json", str(exc))
+            listed = {}
+        present = {p.name for p in self.path.iterdir() if p.name != "manifest.json"}
+        for name in sorted(present - set(listed)):
+            self.findings.append(Finding("manifest-extra", name, "not in the bundle", "present"))
+        total = sum(int(info.get("bytes", 0)) for info in listed.values())
+        done = 0
+        for name, info in sorted(listed.items()):
+            file = self.path / name
+            if name not in present or not file.is_file():
+                self.findings.append(Finding("manifest-missing", name, info.get("sha256"), None))
+                continue
+            digest = hashlib.sha256()
+            with file.open("rb") as handle:
+                while block := handle.read(1 << 20):
+                    digest.update(block)
+                    done += len(block)
+                    self.progress("manifest", done, total)
+            if digest.hexdigest() != info.get("sha256"):
+                found = digest.hexdigest()
+                self.findings.append(Finding("manifest-hash", name, info.get("sha256"), found))
+        for name in FILES:
+            if not (self.path / name).is_file():
+                self._format_error(name, "missing")
+
+    def _load_keys(self) -> list[NoteVerifier]:
+        try:
+            keys = json.loads((self.path / "keys.json").read_text(encoding="utf-8"))
+            claimed = [(d["origin"], d["vkey"], d.get("previous_origin")) for d in keys["logs"]]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            self._format_error("keys.json", str(exc))
+            claimed = []
+        for origin, _, previous in claimed:
+            self.order.setdefault(origin, len(self.order))
+            self.logs[origin] = _LogState(origin, previous)
+        if self.trusted is not None:
+            keyring = list(self.trusted)
+            for origin, vkey, _ in claimed:
+                mine = {key.vkey for key in own_keys(keyring, origin)}
+                if mine and vkey not in mine:
+                    self.findings.append(Finding("log-key", origin, sorted(mine), vkey))
+            return keyring
+        self.notes.append(
+            "trusting the bundle's own keys.json: this proves nothing against the bundle's "
+            "author; pass the log keys you obtained out of band (--key)"
+        )
+        keyring = []
+        for origin, vkey, _ in claimed:
+            try:
+                keyring.append(NoteVerifier.from_vkey(vkey))
+            except LedgerError as exc:
+                self._format_error(f"keys.json:{origin}", exc.message)
+        return keyring
+
+    def _load_checkpoints(self, keyring: list[NoteVerifier]) -> None:
+        """Verify every checkpoint's signature; keep (size, root) of the verified ones.
+
+        Memory: one root per checkpoint (the integrator signs one per batch, not per leaf).
+        """
+        for line_no, line in _lines(self.path / "checkpoints.jsonl"):
+            try:
+                item = json.loads(line)
+                log, size, note = str(item["log"]), int(item["size"]), str(item["note"])
+            except (ValueError, KeyError, TypeError) as exc:
+                self._format_error(f"checkpoints.jsonl:{line_no}", str(exc))
+                continue
+            subject = f"{log}@{size}"
+            try:
+                checkpoint, _ = open_checkpoint(note, own_keys(keyring, log), origin=log)
+            except LedgerError as exc:
+                found = exc.message
+                self.findings.append(Finding("checkpoint-signature", subject, "valid", found))
+                continue
+            if checkpoint.size != size:
+                found = checkpoint.size
+                self.findings.append(Finding("checkpoint-fields", subject, size, found))
+            state = self.logs.get(log)
+            if state is None:
+                self.findings.append(Finding("leaf-log", subject, "a log in keys.json", log))
+                continue
+            roots = state.checkpoints.setdefault(checkpoint.size, [])
+            if checkpoint.root not in roots:
+                roots.append(checkpoint.root)
+
+    # -- the pass over the leaves -------------------------------------------------------------
+
+    def _scan_leaves(self, entries: _Joined, events: _Joined, keyring: list[NoteVerifier]) -> None:
+        current: _LogState | None = None
+        finished: set[str] = set()
+        for lines, result in self._chunks():
+            self.findings += result.findings
+            for name, folded in result.folded.items():
+                self.tallies[name].add("log", folded)
+            for book, total in result.books.items():
+                self.books[book] += total
+            for scanned in result.leaves:
+                line_no, log = scanned[0], scanned[1]
+                if current is None or (log is not None and log != current.origin):
+                    current = self._switch(current, log, finished, keyring, line_no)
+                raw = lines[line_no - result.leaves[0][0]]
+                self._take_leaf(current, scanned, raw, entries, events)
+        if current is not None:
+            self._finish(current, keyring)
+            finished.add(current.origin)
+        for state in self.logs.values():
+            if state.origin not in finished:
+                self._finish(state, keyring)
+
+    def _switch(
+        self,
+        current: _LogState | None,
+        log: str | None,
+        finished: set[str],
+        keyring: list[NoteVerifier],
+        line_no: int,
+    ) -> _LogState:
+        """Move on to ``log``'s section of the file (logs follow keys.json order)."""
+        if current is None and log is None:
+            log = next((o for o in self.logs if o not in finished), None)
+        known = log in self.logs and log not in finished
+        if current is not None and not (known and self.order[log] > self.order[current.origin]):
+            # A leaf naming another log inside this log's section: counted where it stands.
+            self.findings.append(
+                Finding("leaf-log", f"leaves.jsonl:{line_no}", current.origin, log)
+            )
+            current.intact = False
+            return current
+        if current is not None:
+            self._finish(current, keyring)
+            finished.add(current.origin)
+        if log is None or log not in self.logs:
+            self.findings.append(Finding("leaf-log", f"leaves.jsonl:{line_no}", "a known log", log))
+            log = log if log is not None else "(unreadable)"
+            self.order.setdefault(log, len(self.order) + 1_000_000)
+            self.logs[log] = _LogState(log, None)
+        return self.logs[log]
+
+    def _take_leaf(
+        self, state: _LogState, scanned: Any, raw: bytes, entries: _Joined, events: _Joined
+    ) -> None:
+        _, log, index, prev, leaf_hash, stamp, kind, digest, extra = scanned
+        self.leaves += 1
+        if prev is None or log != state.origin:  # unreadable: it still holds its place
+            state.intact = False
+            index = state.expected
+            state.expected += 1
+        else:
+            self._sequence(state, index)
+            self._chain(state, index, prev, stamp)
+        state.last_index, state.last_hash = index, leaf_hash
+        _push(state.peaks, leaf_hash)
+        state.count += 1
+        self._roots_at(state, state.count)
+        if kind == LOG_START and state.count == 1:
+            state.start = extra
+        subject = f"{state.origin}#{index}"
+        if kind in ENTRY_KINDS:
+            line = entries.take((self.order[state.origin], index))
+            self._compare(subject, line, digest, raw, "entry")
+        elif kind == AUDIT:
+            line = events.take((self.order[state.origin], index))
+            self._compare(subject, line, digest, raw, "audit")
+
+    def _sequence(self, state: _LogState, index: int) -> None:
+        subject = f"{state.origin}#{index}"
+        if index == state.expected:
+            state.expected += 1
+        elif index > state.expected:
+            state.missing.append([state.expected, index])
+            state.expected = index + 1
+            state.intact = False
+        elif _fill(state.missing, index):
+            after = f"after #{state.last_index}"
+            self.findings.append(Finding("leaf-order", subject, f"before #{index + 1}", after))
+            state.intact = False
+        else:
+            self.findings.append(Finding("leaf-duplicate", subject, "a new index", index))
+            state.intact = False
+
+    def _chain(self, state: _LogState, index: int, prev: bytes, stamp: str) -> None:
+        subject = f"{state.origin}#{index}"
+        if index == state.last_index + 1 and prev != state.last_hash:
+            expected = state.last_hash.hex()
+            self.findings.append(Finding("leaf-chain", subject, expected, prev.hex()))
+            state.intact = False
+        if stamp < state.last_stamp:
+            expected = f">= {state.last_stamp}"
+            self.findings.append(Finding("leaf-backdated", subject, expected, stamp))
+        state.last_stamp = max(stamp, state.last_stamp)
+
+    def _roots_at(self, state: _LogState, size: int) -> None:
+        roots = state.checkpoints.get(size)
+        if not roots:
+            return
+        root = _root(state.peaks)
+        for signed in roots:
+            if signed == root:
+                state.matched.append(size)
+            else:
+                state.mismatched.append((size, root, signed))
+
+    def _compare(
+        self, subject: str, line: _Line | None, digest: bytes, raw: bytes, what: str
+    ) -> None:
+        if line is None:
+            check = "entry-unrecorded" if what == "entry" else "audit-missing"
+            self.findings.append(Finding(check, subject, f"a row in {what} tables", None))
+            return
+        record = line.record or b""
+        if hashlib.blake2b(record, digest_size=16).digest() == digest:
+            return
+        if what == "audit":
+            self.findings.append(Finding("audit-altered", subject, "the leaf's event", "differs"))
+            return
+        leaf_body = _leaf_body(raw)
+        table = _loads(record)
+        found = table.get("id") if isinstance(table, dict) else None
+        self.findings.append(
+            Finding("entry-altered", subject, "journal tables equal to the leaf", found)
+        )
+        for check in entry_differences(leaf_body, table):
+            if check != "entry-altered":
+                self.findings.append(Finding(check, subject, "the leaf's postings", found))
+
+    def _finish(self, state: _LogState, keyring: list[NoteVerifier]) -> None:
+        """The checks that need the whole log: gaps, roots beyond it, forks, rotation."""
+        log = state.origin
+        for start, end in state.missing:
+            subject = f"{log}#{start}" if end - start == 1 else f"{log}#{start}-{end - 1}"
+            self.findings.append(Finding("leaf-gap", subject, f"leaves {start}..{end - 1}", None))
+        if 0 in state.checkpoints:
+            self._roots_at_empty(state)
+        for size in sorted(s for s in state.checkpoints if s > state.count):
+            self.findings.append(
+                Finding("checkpoint-beyond-log", f"{log}@{size}", state.count, size)
+            )
+        signed = [s for s in state.checkpoints if s <= state.count]
+        if state.count and (not signed or max(signed) < state.count):
+            last = max(signed, default=0)
+            subject = f"{log}#{last}-{state.count - 1}"
+            self.findings.append(Finding("log-unsigned", subject, "a signed checkpoint", None))
+        self._forks(state)
+        if state.previous is not None:
+            self._rotation(state, keyring)
+
+    def _roots_at_empty(self, state: _LogState) -> None:
+        for signed in state.checkpoints[0]:
+            if signed != merkle.EMPTY_ROOT:
+                found = signed.hex()
+                self.findings.append(
+                    Finding("checkpoint-root", f"{state.origin}@0", merkle.EMPTY_ROOT.hex(), found)
+                )
+
+    def _forks(self, state: _LogState) -> None:
+        """A mismatching root with an authentic tree at the same or a later size is a fork; one
+        with none after it is a changed log — re-chained, if the chain itself holds."""
+        latest_match = max(state.matched, default=-1)
+        rewritten = []
+        for size, root, signed in state.mismatched:
+            subject = f"{state.origin}@{size}"
+            if size <= latest_match:
+                self.findings.append(Finding("checkpoint-fork", subject, root.hex(), signed.hex()))
+            else:
+                self.findings.append(Finding("checkpoint-root", subject, root.hex(), signed.hex()))
+                rewritten.append(size)
+        if rewritten and state.intact:
+            good = max((s for s in state.matched if s < min(rewritten)), default=0)
+            self.findings.append(
+                Finding(
+                    "log-rewritten",
+                    f"{state.origin}#{good}-{min(rewritten) - 1}",
+                    "the signed tree",
+                    "a chain that holds under other roots: leaves inserted or removed there",
+                )
+            )
+
+    def _rotation(self, state: _LogState, keyring: list[NoteVerifier]) -> None:
+        """The first leaf of a rotated log quotes the old log's final checkpoint (§3.5)."""
+        old = self.logs.get(state.previous or "")
+        start = state.start or {}
+        problem = None
+        if old is None or start.get("previous_log") != state.previous:
+            problem = "a LOG_START leaf naming the previous log"
+        else:
+            try:
+                quoted, _ = open_checkpoint(
+                    str(start.get("previous_checkpoint")),
+                    own_keys(keyring, old.origin),
+                    origin=old.origin,
+                )
+                if (quoted.size, quoted.root) != (old.count, _root(old.peaks)):
+                    problem = "the previous log's final checkpoint"
+            except LedgerError as exc:
+                problem = exc.message
+        if problem:
+            self.findings.append(Finding("rotation-link", f"{state.origin}#0", problem, None))
+
+    # -- what is left of the tables ------------------------------------------------------------
+
+    def _leftover_entries(self, entries: _Joined) -> None:
+        effects, findings = Effects(), []
+        queued = 0
+        for line in entries.rest():
+            body = _loads(line.record or b"")
+            if line.queued and isinstance(body, dict):
+                queued += 1
+                subject = f"queued {body.get('id')}"
+                check_entry(body, subject, effects, findings)
+            else:
+                where = f"{line.log}#{line.index}" if line.log is not None else "no leaf"
+                found = _id_or_line(body, "entries.jsonl", line.line_no)
+                self.findings.append(Finding("entry-not-logged", found, where, None))
+        self.findings += findings
+        for name, values in effects.values.items():
+            self.tallies[name].add_values("log", values)
+        for book, total in effects.books.items():
+            self.books[book] += total
+        if queued:
+            self.notes.append(
+                f"{queued} entries were queued for the log at export: their effects are counted "
+                "in the caches, but nothing signed covers them yet"
+            )
+
+    def _leftover_events(self, events: _Joined) -> None:
+        queued = 0
+        for line in events.rest():
+            if line.queued:
+                queued += 1
+                continue
+            body = _loads(line.record or b"")
+            found = _id_or_line(body, "audit.jsonl", line.line_no)
+            where = f"{line.log}#{line.index}" if line.log is not None else "no leaf"
+            self.findings.append(Finding("audit-not-logged", found, where, None))
+        if queued:
+            self.notes.append(f"{queued} audit events were queued for the log at export")
+
+    # -- caches --------------------------------------------------------------------------------
+
+    def _read_caches(self) -> None:
+        """Fold the cached balances and lots into the tallies' cache side, a batch at a time."""
+        batch = Effects()
+
+        def flush(every: int) -> None:
+            nonlocal batch
+            if sum(len(values) for values in batch.values.values()) >= every:
+                for name, folded in fold_many(batch.values, self.secret, self.buckets).items():
+                    self.tallies[name].add("cache", folded)
+                batch = Effects()
+
+        def balance(account: str, value: int) -> None:
+            batch.add("balance", account, value)
+            if account.startswith("member:") and value < 0:
+                self.findings.append(Finding("negative-balance", account, 0, value))
+            flush(_CHUNK)
+
+        def lot(row: dict[str, Any]) -> None:
+            for name, key, value in _lot_cache_values(row):
+                batch.add(name, key, value)
+            flush(_CHUNK)
+
+        self._each_balance(balance)
+        self._each_lot(lot)
+        flush(1)
+
+    def _each_balance(self, take: Callable[[str, int], None]) -> None:
+        for line_no, line in _lines(self.path / "balances.jsonl"):
+            try:
+                row = json.loads(line)
+                account, balance = str(row["account"]), int(row["balance"])
+            except (ValueError, KeyError, TypeError) as exc:
+                self._format_error(f"balances.jsonl:{line_no}", str(exc))
+                continue
+            take(account, balance)
+
+    def _each_lot(self, take: Callable[[dict[str, Any]], None]) -> None:
+        for line_no, line in _lines(self.path / "lots.jsonl"):
+            row = _loads(line)
+            if not _is_lot(row):
+                self._format_error(f"lots.jsonl:{line_no}", "not a lot")
+                continue
+            take(row)
+
+    def _compare_tallies(self) -> None:
+        """Name the keys of every bucket whose two sides disagree (a second, filtered read)."""
+        bad = {name: tally.bad_buckets() for name, tally in self.tallies.items()}
+        if not any(bad.values()):
+            return
+        wanted = {name: buckets for name, buckets in bad.items() if buckets}
+        from_log = self._exact_from_log(wanted)
+        from_cache = self._exact_from_cache(wanted)
+        for name in wanted:
+            for key, logged, cached in differences(from_log[name], from_cache[name]):
+                self.findings.append(_cache_finding(name, key, logged, cached))
+
+    def _exact_from_log(self, wanted: dict[str, frozenset[int]]) -> dict[str, dict[str, int]]:
+        effects, ignored = Effects(), []
+        for _, line in _lines(self.path / "leaves.jsonl"):
+            body = _leaf_body(line)
+            if isinstance(body, dict) and body.get("kind") in ENTRY_KINDS:
+                check_entry(body, "", effects, ignored)
+        for line in _Joined(self.path / "entries.jsonl", self._ordinal, lambda *_: None).all():
+            body = _loads(line.record or b"")
+            if line.queued and isinstance(body, dict):
+                check_entry(body, "", effects, ignored)
+        return {
+            name: {k: v for k, v in effects.values[name].items() if self.tallies[name].owns(k, b)}
+            for name, b in wanted.items()
+        }
+
+    def _exact_from_cache(self, wanted: dict[str, frozenset[int]]) -> dict[str, dict[str, int]]:
+        exact: dict[str, dict[str, int]] = {name: {} for name in wanted}
+
+        def keep(name: str, key: str, value: int) -> None:
+            if name in wanted and self.tallies[name].owns(key, wanted[name]):
+                exact[name][key] = exact[name].get(key, 0) + value
+
+        self._each_balance(lambda account, balance: keep("balance", account, balance))
+
+        def lot(row: dict[str, Any]) -> None:
+            for name, key, value in _lot_cache_values(row):
+                keep(name, key, value)
+
+        self._each_lot(lot)
+        return exact
+
+    # -- reading leaves in chunks, in this process or in several ------------------------------
+
+    def _chunks(self) -> Iterator[tuple[list[bytes], ChunkResult]]:
+        path = self.path / "leaves.jsonl"
+        total = path.stat().st_size if path.exists() else 0
+        chunks = _line_chunks(path)
+        if self.workers == 1:
+            done = 0
+            for first, lines in chunks:
+                done += sum(len(line) + 1 for line in lines)
+                yield lines, scan_chunk(lines, first, self.secret, self.buckets)
+                self.progress("leaves", done, total)
+            return
+        context = get_context("spawn")
+        with ProcessPoolExecutor(self.workers, mp_context=context) as pool:
+            pending: list[tuple[list[bytes], Future[ChunkResult]]] = []
+            done = 0
+            for first, lines in chunks:
+                pending.append(
+                    (lines, pool.submit(scan_chunk, lines, first, self.secret, self.buckets))
+                )
+                if len(pending) > 2 * self.workers:
+                    lines_done, future = pending.pop(0)
+                    done += sum(len(line) + 1 for line in lines_done)
+                    yield lines_done, future.result()
+                    self.progress("leaves", done, total)
+            for lines_done, future in pending:
+                done += sum(len(line) + 1 for line in lines_done)
+                yield lines_done, future.result()
+                self.progress("leaves", done, total)
+
+
+class _Joined:
+    """entries.jsonl or audit.jsonl, read in step with the leaves and matched by (log, index).
+
+    Both files are sorted like the leaves, so a merge needs no memory; lines met before their
+    leaf (because leaves were removed or reordered) wait in a small buffer.
+    """
+
+    def __init__(
+        self, path: Path, ordinal: Callable[[str], int], error: Callable[[str, str], None]
+    ) -> None:
+        self.lines = self._read(path, ordinal, error)
+        self.head: _Line | None = next(self.lines, None)
+        self.waiting: dict[tuple[int, int], _Line] = {}
+
+    @staticmethod
+    def _read(
+        path: Path, ordinal: Callable[[str], int], error: Callable[[str, str], None]
+    ) -> Iterator[_Line]:
+        for line_no, raw in _lines(path):
+            line = _parse_record_line(raw, line_no, ordinal)
+            if line is None:
+                error(f"{path.name}:{line_no}", "not an {index, log, queued, record} line")
+                continue
+            yield line
+
+    def take(self, key: tuple[int, int]) -> _Line | None:
+        while self.head is not None and self.head.key is not None and self.head.key < key:
+            self.waiting.setdefault(self.head.key, self.head)
+            self.head = next(self.lines, None)
+        if self.head is not None and self.head.key == key:
+            line, self.head = self.head, next(self.lines, None)
+            return line
+        return self.waiting.pop(key, None)
+
+    def rest(self) -> Iterator[_Line]:
+        """Every line no leaf took: waiting ones, then the rest of the file."""
+        yield from self.waiting.values()
+        self.waiting = {}
+        while self.head is not None:
+            yield self.head
+            self.head = next(self.lines, None)
+
+    def all(self) -> Iterator[_Line]:
+        while self.head is not None:
+            yield self.head
+            self.head = next(self.lines, None)
+
+
+def _parse_record_line(raw: bytes, line_no: int, ordinal: Callable[[str], int]) -> _Line | None:
+    match = _LINE.fullmatch(raw)
+    if match is not None:
+        index = None if match[1] == b"null" else int(match[1])
+        log = None if match[2] == b"null" else match[2][1:-1].decode("utf-8", "replace")
+        queued, record = match[3] == b"true", match[4]
+    else:
+        try:
+            item = json.loads(raw)
+            index, log, queued = item["index"], item["log"], bool(item["queued"])
+            record = canonical_bytes(item["record"])
+        except (ValueError, KeyError, TypeError, LedgerError):
+            return None
+    key = (ordinal(log), int(index)) if log is not None and index is not None else None
+    return _Line(key, log, index, queued, record, line_no)
+
+
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(line number from 1, line without its newline) of a file; nothing if it is missing."""
+    if not path.exists():
+        return
+    with path.open("rb") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            yield line_no, line[:-1] if line.endswith(b"\n") else line
+
+
+def _line_chunks(path: Path) -> Iterator[tuple[int, list[bytes]]]:
+    chunk: list[bytes] = []
+    first = 1
+    for line_no, line in _lines(path):
+        if not chunk:
+            first = line_no
+        chunk.append(line)
+        if len(chunk) == _CHUNK:
+            yield first, chunk
+            chunk = []
+    if chunk:
+        yield first, chunk
+
+
+def _leaf_body(line: bytes) -> Any:
+    data, _ = leaf_bytes(line)
+    envelope = _loads(data)
+    return envelope.get("entry") if isinstance(envelope, dict) else None
+
+
+def _id_or_line(body: Any, file: str, line_no: int) -> str:
+    return str(body.get("id")) if isinstance(body, dict) else f"{file}:{line_no}"
+
+
+def _is_lot(row: Any) -> bool:
+    return (
+        isinstance(row, dict)
+        and type(row.get("remaining")) is int
+        and all(isinstance(row.get(k), str) for k in ("id", "member", "opened_by"))
+    )
+
+
+def _loads(data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None
+
+
+def _fill(missing: list[list[int]], index: int) -> bool:
+    """Remove ``index`` from the missing ranges; whether it was missing."""
+    for n, (start, end) in enumerate(missing):
+        if start <= index < end:
+            pieces = [[start, index], [index + 1, end]]
+            missing[n : n + 1] = [p for p in pieces if p[0] < p[1]]
+            return True
+    return False
+
+
+def _lot_cache_values(row: dict[str, Any]) -> list[tuple[str, str, int]]:
+    """What a cached lot contributes to each tally: its terms, its state (2 × remaining +
+    pending, as the leaves count it) and its member's available or pending cover."""
+    remaining, pending = int(row["remaining"]), bool(row.get("pending"))
+    return [
+        ("lot-terms", row["id"], lot_terms(row["opened_by"], row)),
+        ("lot-state", row["id"], 2 * remaining + pending),
+        ("pending" if pending else "cover", row["member"], remaining),
+    ]
+
+
+def _cache_finding(tally: str, key: str, logged: int, cached: int) -> Finding:
+    if tally == "balance":
+        return Finding("cached-balance", key, logged, cached)
+    if tally == "lot-state":
+        if (logged - cached) % 2:
+            return Finding("lot-pending", key, bool(logged % 2), bool(cached % 2))
+        return Finding("lot-remainder", key, logged // 2, cached // 2)
+    if tally == "lot-terms":
+        return Finding("lot-terms", key, "the terms its leaf opened it with", "differ or absent")
+    check = "lots-available" if tally == "cover" else "lots-pending"
+    return Finding(check, key, logged, cached)
+
+
+def _push(peaks: list[tuple[int, bytes]], leaf: bytes) -> None:
+    level, value = 0, leaf
+    while peaks and peaks[-1][0] == level:
+        _, left = peaks.pop()
+        value = merkle.node_hash(left, value)
+        level += 1
+    peaks.append((level, value))
+
+
+def _root(peaks: list[tuple[int, bytes]]) -> bytes:
+    if not peaks:
+        return merkle.EMPTY_ROOT
+    value = peaks[-1][1]
+    for _, left in reversed(peaks[:-1]):
+        value = merkle.node_hash(left, value)
+    return value

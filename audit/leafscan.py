@@ -1,0 +1,330 @@
+"""The per-leaf half of offline verification: pure, so chunks of leaves can run in parallel.
+
+:func:`scan_chunk` takes lines of ``leaves.jsonl`` and, for each, computes the leaf hash, checks
+the bytes are a canonical envelope (docs/VERIFYING.md §2–§3), checks the entry rules (§3.3), and
+adds the entry's effects (postings, lots opened, lot moves, releases) to per-key tallies folded
+into buckets (:mod:`audit.tally`). What needs the order of the leaves — the chain, the sequence,
+the Merkle tree, the signed roots, the match with the journal tables — is left to the caller,
+which gets one small tuple per leaf (:data:`Scanned`).
+
+Speed: the canonical check first tries the C JSON codec — for ASCII-only bytes that contain no
+escape, parsed with floats and out-of-range integers refused, ``json.dumps(json.loads(b),
+sort_keys=True, separators=(",", ":"))`` is exactly RFC 8785 within the profile (ASCII keys sort
+the same by code point and by UTF-16 unit; ASCII text is NFC), so equality proves canonical form.
+Anything else takes the exact path (:func:`ledger.journal.parse_leaf`), which is slower but rare.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from audit.tally import BUCKETS, fold_many
+from ledger.canonical import MAX_SAFE_INTEGER, parse_timestamp
+from ledger.consistency import Finding
+from ledger.errors import LedgerError, ProfileError
+from ledger.journal import AUDIT, ENVELOPE_VERSION, LOG_START, parse_leaf
+from ledger.model import EntryKind
+
+ENTRY_KINDS = frozenset(kind.value for kind in EntryKind)
+_ENVELOPE_KEYS = frozenset({"v", "log", "index", "prev", "kind", "entry", "committed_at", "nonce"})
+_ENCODE = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, check_circular=False
+).encode
+_MAX_DIGITS = len(str(MAX_SAFE_INTEGER))
+
+
+def _refuse(token: str) -> Any:
+    raise ProfileError(f"not a profile number: {token}")
+
+
+def _integer(token: str) -> int:
+    value = int(token)
+    if len(token) >= _MAX_DIGITS and abs(value) > MAX_SAFE_INTEGER:
+        raise ProfileError(f"integer {token} is outside ±(2**53 - 1)")
+    return value
+
+
+# The fast path's decoder refuses what the profile refuses and the C codec would round-trip:
+# floats, NaN and infinities, integers beyond ±(2^53 − 1).
+_DECODE = json.JSONDecoder(parse_float=_refuse, parse_constant=_refuse, parse_int=_integer).decode
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_HEX32 = re.compile(r"[0-9a-f]{32}")
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_OWNER = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
+_ACCOUNT = re.compile(
+    rf"(member):({_OWNER}):(available|pending|held)"
+    rf"|partner:{_OWNER}:(?:issued|redeemed|(settlement))"
+    r"|program:(?:breakage|funded|adjustments)"
+    r"|(operator):(?:bank|income|expense|rounding)"
+)
+_LOT_KEYS = frozenset(
+    {
+        "id",
+        "member",
+        "funder",
+        "amount",
+        "earned_at",
+        "expires_at",
+        "pending_until",
+        "price_version",
+    }
+)
+_LOT_ORDER = tuple(sorted(_LOT_KEYS))
+_ENTRY_KEYS = frozenset(
+    {
+        "id",
+        "kind",
+        "business_time",
+        "booked_at",
+        "partner",
+        "credential",
+        "idempotency_key",
+        "refers_to",
+        "reason",
+        "postings",
+        "lots_opened",
+        "lot_moves",
+        "lots_released",
+        "attributes",
+    }
+)
+
+#: The tallies the scan fills: what the log implies, per key, for the caches to be compared with.
+TALLIES = ("balance", "lot-state", "lot-terms", "cover", "pending")
+
+#: One scanned leaf: (line number, log, index, prev, leaf hash, committed_at, kind, body digest,
+#: LOG_START body). ``log`` is ``None`` when the bytes are not an envelope at all.
+Scanned = tuple[int, Any, Any, Any, bytes, Any, Any, Any, Any]
+
+
+@dataclass
+class Effects:
+    """What entries do to the caches, per key (exact values; one chunk's worth)."""
+
+    values: dict[str, dict[str, int]] = field(default_factory=lambda: {t: {} for t in TALLIES})
+    books: dict[str, int] = field(default_factory=lambda: {"POINTS": 0, "EUR": 0})
+
+    def add(self, tally: str, key: str, value: int) -> None:
+        target = self.values[tally]
+        target[key] = target.get(key, 0) + value
+
+
+@dataclass
+class ChunkResult:
+    """What :func:`scan_chunk` returns: per-leaf tuples, findings, folded tallies, book sums."""
+
+    leaves: list[Scanned]
+    findings: list[Finding]
+    folded: dict[str, dict[int, int]]
+    books: dict[str, int]
+
+
+def scan_chunk(
+    lines: Sequence[bytes], first_line: int, secret: bytes, buckets: int = BUCKETS
+) -> ChunkResult:
+    """Check each line of ``leaves.jsonl`` on its own and tally what its entry does."""
+    effects = Effects()
+    findings: list[Finding] = []
+    scanned: list[Scanned] = []
+    timestamps: dict[str, bool] = {}
+    for offset, line in enumerate(lines):
+        scanned.append(_scan_line(line, first_line + offset, effects, findings, timestamps))
+    folded = fold_many(effects.values, secret, buckets)
+    return ChunkResult(scanned, findings, folded, effects.books)
+
+
+def _scan_line(
+    line: bytes,
+    line_no: int,
+    effects: Effects,
+    findings: list[Finding],
+    timestamps: dict[str, bool],
+) -> Scanned:
+    data, where = leaf_bytes(line)
+    leaf_hash = hashlib.sha256(b"\x00" + data).digest()
+    try:
+        envelope = leaf_envelope(data, timestamps)
+    except LedgerError as exc:
+        subject = f"{where[0]}#{where[1]}" if where else f"leaves.jsonl:{line_no}"
+        findings.append(Finding("leaf-canonical", subject, "canonical envelope", exc.message))
+        log, index = where if where else (None, None)
+        return (line_no, log, index, None, leaf_hash, None, None, None, None)
+    log, index, kind, body = envelope["log"], envelope["index"], envelope["kind"], envelope["entry"]
+    subject = f"{log}#{index}"
+    digest = hashlib.blake2b(body_slice(data), digest_size=16).digest()
+    extra = None
+    if kind == LOG_START:
+        extra = body
+    elif kind == AUDIT:
+        if not (isinstance(body.get("id"), str) and _UUID.fullmatch(body["id"])):
+            findings.append(Finding("audit-invalid", subject, "an audit event with an id", None))
+    elif kind in ENTRY_KINDS:
+        check_entry(body, subject, effects, findings)
+    else:
+        findings.append(Finding("leaf-canonical", subject, "a known leaf kind", kind))
+    prev = bytes.fromhex(envelope["prev"])
+    return (line_no, log, index, prev, leaf_hash, envelope["committed_at"], kind, digest, extra)
+
+
+def leaf_bytes(line: bytes) -> tuple[bytes, tuple[str, int] | None]:
+    """The leaf bytes a line of ``leaves.jsonl`` holds, and (log, index) if it is an escape line.
+
+    A line is the leaf's exact bytes. Only bytes that cannot be one line (they contain a newline,
+    or are empty: never a canonical leaf) are written as ``{"index", "leaf_base64", "log"}``.
+    """
+    if line.startswith(b'{"index":'):
+        try:
+            escape = json.loads(line)
+            data = base64.b64decode(escape["leaf_base64"], validate=True)
+            return data, (str(escape["log"]), int(escape["index"]))
+        except (ValueError, KeyError, TypeError):
+            return line, None
+    return line, None
+
+
+def leaf_envelope(data: bytes, timestamps: dict[str, bool] | None = None) -> dict[str, Any]:
+    """The envelope of canonical leaf bytes, or :class:`ProfileError` saying why they are not."""
+    envelope = None
+    if data.isascii() and b"\\" not in data:  # any escape: let the exact path judge it
+        text = data.decode("ascii")
+        try:
+            envelope = _DECODE(text)
+        except (ValueError, ProfileError):
+            envelope = None
+        if not (isinstance(envelope, dict) and _ENCODE(envelope) == text):
+            envelope = None
+    if envelope is None:
+        parse_leaf(data)  # the exact path: raises ProfileError with the reason
+        envelope = json.loads(data)
+    _check_envelope(envelope, timestamps if timestamps is not None else {})
+    return envelope
+
+
+def _check_envelope(envelope: dict[str, Any], timestamps: dict[str, bool]) -> None:
+    if envelope.keys() != _ENVELOPE_KEYS:
+        raise ProfileError("leaf envelope has missing or unknown fields")
+    if envelope["v"] != ENVELOPE_VERSION or type(envelope["v"]) is not int:
+        raise ProfileError(f"unknown envelope version {envelope['v']!r}")
+    index, log, kind = envelope["index"], envelope["log"], envelope["kind"]
+    if type(index) is not int or index < 0 or not isinstance(log, str) or not isinstance(kind, str):
+        raise ProfileError("log must be a string, index a non-negative integer, kind a string")
+    prev, nonce = envelope["prev"], envelope["nonce"]
+    if not (isinstance(prev, str) and _HEX64.fullmatch(prev)):
+        raise ProfileError("prev must be 64 lowercase hex digits")
+    if not (isinstance(nonce, str) and _HEX32.fullmatch(nonce)):
+        raise ProfileError("nonce must be 32 lowercase hex digits")
+    body = envelope["entry"]
+    if kind != LOG_START and not (isinstance(body, dict) and body.get("kind") == kind):
+        raise ProfileError("the envelope's kind differs from its entry's kind")
+    if kind == LOG_START and not isinstance(body, dict):
+        raise ProfileError("a LOG_START entry must be an object")
+    stamp = envelope["committed_at"]
+    if stamp not in timestamps:
+        if len(timestamps) > 64:
+            timestamps.clear()
+        parse_timestamp(stamp)  # raises ProfileError
+        timestamps[stamp] = True
+
+
+def body_slice(data: bytes) -> bytes:
+    """The bytes of the envelope's ``entry`` member, cut from canonical leaf bytes.
+
+    In canonical form the members are sorted (committed_at, entry, index, kind, log, nonce, prev,
+    v) and strings escape every quote, so the entry runs from the first ``"entry":`` to the last
+    ``,"index":``. Its bytes are the canonical bytes of the entry record, so they can be compared
+    with the journal tables' record as exported, byte for byte.
+    """
+    return data[data.index(b'"entry":') + 8 : data.rindex(b',"index":')]
+
+
+def check_entry(
+    body: dict[str, Any], subject: str, effects: Effects, findings: list[Finding]
+) -> None:
+    """The entry rules of docs/VERIFYING.md §3.3, and the entry's effects on the caches."""
+    problem = _entry_shape(body)
+    if problem:
+        findings.append(Finding("entry-invalid", subject, "an entry record (§3.2, §3.3)", problem))
+        return
+    postings = body["postings"]
+    if len(postings) < 2:
+        findings.append(Finding("entry-postings", subject, 2, len(postings)))
+    sums: dict[str, int] = {}
+    for posting in postings:
+        account, amount = posting["account"], posting["amount"]
+        match = _ACCOUNT.fullmatch(account)
+        book = "EUR" if match and (match[4] or match[5]) else "POINTS"
+        sums[book] = sums.get(book, 0) + amount
+        effects.add("balance", account, amount)
+        if match and match[1]:
+            effects.add("pending" if match[3] == "pending" else "cover", match[2], amount)
+    for book, total in sums.items():
+        effects.books[book] += total
+        if total:
+            findings.append(Finding("entry-balance", f"{subject} {book}", 0, total))
+    for lot in body["lots_opened"]:
+        effects.add("lot-terms", lot["id"], lot_terms(body["id"], lot))
+        effects.add("lot-state", lot["id"], 2 * lot["amount"] + (lot["pending_until"] is not None))
+    for move in body["lot_moves"]:
+        effects.add("lot-state", move["lot"], 2 * move["delta"])
+    for lot_id in body["lots_released"]:
+        effects.add("lot-state", lot_id, -1)
+
+
+def lot_terms(opened_by: str, lot: dict[str, Any]) -> int:
+    """A 64-bit digest of a lot's terms and the entry that opened it (compared, never stored)."""
+    terms = (opened_by, *(lot.get(key) for key in _LOT_ORDER))
+    return int.from_bytes(hashlib.blake2b(repr(terms).encode(), digest_size=8).digest(), "big")
+
+
+def _entry_shape(body: dict[str, Any]) -> str | None:
+    """Why ``body`` is not a well-formed entry record, or None."""
+    if body.keys() != _ENTRY_KEYS:
+        return "missing or unknown members"
+    if body["kind"] not in ENTRY_KINDS:
+        return f"unknown kind {body['kind']!r}"
+    if not (isinstance(body["id"], str) and _UUID.fullmatch(body["id"])):
+        return "id is not a UUID"
+    postings = body["postings"]
+    if not isinstance(postings, list):
+        return "postings is not a list"
+    for posting in postings:
+        if not (isinstance(posting, dict) and posting.keys() == {"account", "amount"}):
+            return "a posting is not {account, amount}"
+        if not (isinstance(posting["account"], str) and _ACCOUNT.fullmatch(posting["account"])):
+            return f"account {posting['account']!r} breaks the grammar (§3.3)"
+        if type(posting["amount"]) is not int or posting["amount"] == 0:
+            return "a posting amount is not a non-zero integer"
+    if body["kind"] == "ADJUSTMENT" and not (
+        isinstance(body["reason"], str) and body["reason"].strip()
+    ):
+        return "an ADJUSTMENT without a reason"
+    return _lots_shape(body)
+
+
+def _lots_shape(body: dict[str, Any]) -> str | None:
+    opened, moves, released = body["lots_opened"], body["lot_moves"], body["lots_released"]
+    if not (isinstance(opened, list) and isinstance(moves, list) and isinstance(released, list)):
+        return "lots_opened, lot_moves and lots_released must be lists"
+    for lot in opened:
+        if not (isinstance(lot, dict) and lot.keys() == _LOT_KEYS):
+            return "a lot is not {id, member, funder, amount, earned_at, ...}"
+        if not (isinstance(lot["id"], str) and _UUID.fullmatch(lot["id"])):
+            return "a lot id is not a UUID"
+        if type(lot["amount"]) is not int or lot["amount"] <= 0:
+            return "a lot amount is not a positive integer"
+    for move in moves:
+        if not (isinstance(move, dict) and move.keys() == {"lot", "delta"}):
+            return "a lot move is not {lot, delta}"
+        if not (isinstance(move["lot"], str) and _UUID.fullmatch(move["lot"])):
+            return "a lot move's lot is not a UUID"
+        if type(move["delta"]) is not int or move["delta"] == 0:
+            return "a lot move's delta is not a non-zero integer"
+    if not all(isinstance(i, str) and _UUID.fullmatch(i) for i in released):
+        return "a released lot is not a UUID"
+    return None

@@ -1,0 +1,98 @@
+"""Comparing two per-key tallies with flat memory: what the log implies against what is cached.
+
+The verifier must check, for every account, that the cached balance equals the sum of the account's
+postings in the log, and likewise for every lot and every member. Holding one number per account
+and per lot grows with the ledger; instead each side is folded into a fixed number of buckets,
+``F[b] = Σ w(k)·v(k) mod p`` over the keys ``k`` in bucket ``b``, where ``v(k)`` is the key's value
+and ``w(k)`` a weight drawn from a keyed hash with a secret chosen afresh for each run. Both sides
+are sums, so they can be accumulated in any order, in pieces, by several processes.
+
+If every key has the same value on both sides, every bucket agrees. If some key differs, its
+bucket disagrees except with probability 1/p (p = 2^61 − 1) — and since the weights are secret,
+no one preparing the data can arrange for two edits to cancel. A bucket that disagrees is then
+re-read, keeping exact values only for its keys, to name them (:meth:`Tally.owns`).
+
+Memory: ``2 × buckets`` integers per tally, whatever the number of keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+
+#: The modulus of the fingerprints: the Mersenne prime 2^61 − 1.
+P = (1 << 61) - 1
+BUCKETS = 4096
+
+
+def slot(key: str, secret: bytes, buckets: int = BUCKETS) -> tuple[int, int]:
+    """The bucket and the secret weight of a key."""
+    digest = hashlib.blake2b(key.encode(), key=secret, digest_size=16).digest()
+    return int.from_bytes(digest[:8], "big") % buckets, int.from_bytes(digest[8:], "big") % P
+
+
+def fold(values: Mapping[str, int], secret: bytes, buckets: int = BUCKETS) -> dict[int, int]:
+    """Fold exact per-key values into per-bucket fingerprints."""
+    folded: dict[int, int] = {}
+    for key, value in values.items():
+        if value:
+            bucket, weight = slot(key, secret, buckets)
+            folded[bucket] = (folded.get(bucket, 0) + weight * value) % P
+    return folded
+
+
+def fold_many(
+    tallies: Mapping[str, Mapping[str, int]], secret: bytes, buckets: int = BUCKETS
+) -> dict[str, dict[int, int]]:
+    """:func:`fold` for several tallies at once, hashing each distinct key once."""
+    slots: dict[str, tuple[int, int]] = {}
+    out: dict[str, dict[int, int]] = {}
+    for name, values in tallies.items():
+        folded = out[name] = {}
+        for key, value in values.items():
+            if value:
+                found = slots.get(key)
+                if found is None:
+                    found = slots[key] = slot(key, secret, buckets)
+                bucket, weight = found
+                folded[bucket] = (folded.get(bucket, 0) + weight * value) % P
+    return out
+
+
+class Tally:
+    """The two sides of one comparison (``log`` and ``cache``), bucket by bucket."""
+
+    def __init__(self, name: str, secret: bytes, buckets: int = BUCKETS) -> None:
+        self.name = name
+        self.secret = secret
+        self.buckets = buckets
+        self.log = [0] * buckets
+        self.cache = [0] * buckets
+
+    def add(self, side: str, folded: Mapping[int, int]) -> None:
+        target = self.log if side == "log" else self.cache
+        for bucket, value in folded.items():
+            target[bucket] = (target[bucket] + value) % P
+
+    def add_values(self, side: str, values: Mapping[str, int]) -> None:
+        self.add(side, fold(values, self.secret, self.buckets))
+
+    def bad_buckets(self) -> frozenset[int]:
+        """The buckets whose two sides disagree."""
+        return frozenset(b for b in range(self.buckets) if self.log[b] != self.cache[b])
+
+    def owns(self, key: str, bad: frozenset[int]) -> bool:
+        """Whether ``key`` falls in one of the ``bad`` buckets (to be re-read exactly)."""
+        return slot(key, self.secret, self.buckets)[0] in bad
+
+
+def differences(
+    log: Mapping[str, int], cache: Mapping[str, int], keys: Iterable[str] | None = None
+) -> list[tuple[str, int, int]]:
+    """(key, log value, cache value) for every key whose exact values differ, sorted by key."""
+    wanted = set(log) | set(cache) if keys is None else set(keys)
+    return [
+        (key, log.get(key, 0), cache.get(key, 0))
+        for key in sorted(wanted)
+        if log.get(key, 0) != cache.get(key, 0)
+    ]

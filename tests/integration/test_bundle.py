@@ -1,0 +1,393 @@
+"""The audit bundle: exported from the database, verified with nothing but the log key.
+
+A journal with every common entry kind, a pending earn, a hold and its capture, reversals, a
+transfer, an adjustment, a settlement in euros, and audit events, is integrated (audit events
+with it), exported with ``coalition audit export`` semantics and verified offline. These tests run
+on SQLite and, with ``COALITION_TEST_DATABASE_URL``, on PostgreSQL: a bundle exported from either
+verifies. The tamper classes are in test_tamper_suite.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from uuid import UUID
+
+import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from audit.bundle import FILES, export_database, verify_bundle
+from audit.log import AuditQueue, record, redact
+from ledger.db import Database
+from ledger.integrator import Integrator
+from ledger.model import EntryKind, Posting
+from ledger.note import NoteSigner
+from tests.integration.conftest import DEPT, RAIL, STAFF, SUPER, Books, new_key
+
+ORIGIN = "bundle.coalition.local/ledger"
+EXPORTED_AT = datetime(2026, 4, 1, 12, 0, tzinfo=UTC)
+
+
+@dataclass
+class Journal:
+    """A booked, integrated journal and the key that signs its log."""
+
+    db: Database
+    signer: NoteSigner
+    entries: dict[str, UUID]
+    events: list[UUID]
+
+
+def audit_event(db: Database, action: str, subject: str, **fields: object) -> UUID:
+    """Record one audit event in its own transaction, as an admin action would."""
+    with db.transaction() as conn:
+        event = record(
+            conn,
+            actor="staff-alice",
+            role="admin",
+            credential="cred-0001",
+            request_id=f"req-{action}",
+            source="192.0.2.10",
+            action=action,
+            subject=subject,
+            now=datetime.now(UTC),
+            **fields,  # type: ignore[arg-type]
+        )
+    return event.id
+
+
+def build_journal(books: Books, signer: NoteSigner, *, batch_size: int = 4) -> Journal:
+    """Book a small but varied journal with audit events, and integrate it in several batches."""
+    now = books.clock
+    ids: dict[str, UUID] = {}
+    ids["earn"] = books.earn(
+        SUPER, new_key(), member="alice", funding={"SUPER": 500}, business_time=now()
+    ).entry.id
+    ids["joint"] = books.earn(
+        SUPER, new_key(), member="bob", funding={"SUPER": 120, "DEPT": 80}, business_time=now()
+    ).entry.id
+    ids["pending"] = books.earn(
+        DEPT,
+        new_key(),
+        member="bob",
+        funding={"DEPT": 60},
+        business_time=now(),
+        pending_until=now() + timedelta(days=14),
+    ).entry.id
+    events = [
+        audit_event(
+            books.db,
+            "partner.status",
+            "RAIL",
+            before={"status": "active"},
+            after={"status": "suspended"},
+            reason="ticket OPS-12",
+        )
+    ]
+    books.clock.advance(hours=1)
+    ids["burn"] = books.burn(
+        RAIL, new_key(), member="alice", points=150, business_time=now()
+    ).entry.id
+    hold = books.hold(RAIL, new_key(), member="bob", points=90, business_time=now()).entry.id
+    ids["capture"] = books.capture(
+        RAIL, new_key(), hold_id=hold, points=70, business_time=now()
+    ).entry.id
+    ids["burn-reversal"] = books.reverse(
+        RAIL,
+        new_key(),
+        entry_id=ids["burn"],
+        business_time=now(),
+        points=50,
+        reason="order cancelled",
+    ).entry.id
+    events.append(
+        audit_event(
+            books.db,
+            "member.read",
+            "alice",
+            before=None,
+            after=redact({"email": "a@example.org", "tier": "gold"}),
+            reason="support call 4411",
+        )
+    )
+    ids["transfer"] = books.transfer(
+        STAFF, new_key(), from_member="alice", to_member="bob", points=40, business_time=now()
+    ).entry.id
+    ids["adjustment"] = books.adjust(
+        STAFF,
+        new_key(),
+        member="alice",
+        points=25,
+        reason="goodwill, complaint 77",
+        business_time=now(),
+    ).entry.id
+    ids["settlement"] = books.post(
+        STAFF,
+        new_key(),
+        kind=EntryKind.SETTLEMENT,
+        business_time=now(),
+        postings=[Posting("partner:SUPER:settlement", -1234), Posting("operator:bank", 1234)],
+    ).entry.id
+    events.append(
+        audit_event(
+            books.db,
+            "credential.issue",
+            "cred-0002",
+            after=redact({"role": "finance", "token": "s3cr3t", "label": "x"}),
+            reason="new finance clerk",
+        )
+    )
+    integrator = Integrator(signer, batch_size=batch_size, queues=[AuditQueue()])
+    assert integrator.integrate_all(books.db) == len(ids) + 1 + len(events)  # + the hold
+    return Journal(books.db, signer, ids, events)
+
+
+def export(journal: Journal, tmp_path: Path, name: str = "bundle") -> Path:
+    out = tmp_path / name
+    export_database(journal.db.engine, out, now=EXPORTED_AT)
+    return out
+
+
+@pytest.fixture
+def signer() -> NoteSigner:
+    return NoteSigner.generate(ORIGIN)
+
+
+@pytest.fixture
+def journal(books: Books, signer: NoteSigner) -> Journal:
+    return build_journal(books, signer)
+
+
+@pytest.fixture
+def bundle(journal: Journal, tmp_path: Path) -> Path:
+    return export(journal, tmp_path)
+
+
+# -- an honest bundle ---------------------------------------------------------------------------
+
+
+def test_an_exported_bundle_verifies_with_only_the_log_key(
+    bundle: Path, signer: NoteSigner, journal: Journal
+) -> None:
+    """A bundle from this backend verifies offline under the vkey alone, with no finding."""
+    report = verify_bundle(bundle, [NoteSigner.from_skey(signer.skey).verifier])
+    assert report.ok, report.to_text()
+    assert report.source == "bundle"
+    assert report.logs == [ORIGIN]
+    assert report.leaves == len(journal.entries) + 1 + len(journal.events)
+
+
+def test_the_bundle_holds_every_file_listed_in_its_manifest(bundle: Path) -> None:
+    """manifest.json names every other file with its SHA-256, size and line count."""
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["format"] == "coalition-audit-bundle/1"
+    assert set(manifest["files"]) == set(FILES)
+    for name, info in manifest["files"].items():
+        data = (bundle / name).read_bytes()
+        assert info == {
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "bytes": len(data),
+            "lines": data.count(b"\n"),
+        }
+
+
+def test_each_line_of_leaves_jsonl_is_a_leaf_whose_hash_the_log_signed(
+    bundle: Path, journal: Journal
+) -> None:
+    """A line of leaves.jsonl is the leaf's exact bytes: H(0x00 || line) chains to the next."""
+    lines = (bundle / "leaves.jsonl").read_bytes().splitlines()
+    prev = bytes(32)
+    for index, line in enumerate(lines):
+        leaf = json.loads(line)
+        assert (leaf["log"], leaf["index"], leaf["prev"]) == (ORIGIN, index, prev.hex())
+        prev = hashlib.sha256(b"\x00" + line).digest()
+    kinds = [json.loads(line)["kind"] for line in lines]
+    assert kinds.count("AUDIT") == len(journal.events)
+
+
+def test_audit_events_are_leaves_without_secrets_or_personal_values(bundle: Path) -> None:
+    """The audit log is in the bundle twice (leaves and audit.jsonl) and never holds a secret."""
+    text = (bundle / "leaves.jsonl").read_text() + (bundle / "audit.jsonl").read_text()
+    assert "s3cr3t" not in text
+    assert "a@example.org" not in text
+    events = [
+        json.loads(line)["record"] for line in (bundle / "audit.jsonl").read_text().splitlines()
+    ]
+    assert [e["action"] for e in events] == ["partner.status", "member.read", "credential.issue"]
+    assert events[1]["after"] == {"email": "[redacted]", "tier": "gold"}
+    assert events[2]["after"]["token"] == "[redacted]"
+
+
+def test_verifying_in_several_processes_gives_the_same_report(
+    bundle: Path, signer: NoteSigner
+) -> None:
+    """The leaves can be checked by worker processes: the result does not change."""
+    report = verify_bundle(bundle, [signer.verifier], workers=2)
+    assert report.ok, report.to_text()
+
+
+def test_a_bundle_checked_against_another_key_fails_every_checkpoint(bundle: Path) -> None:
+    """Under a key the auditor trusts that did not sign the log, no checkpoint verifies."""
+    stranger = NoteSigner.generate(ORIGIN).verifier
+    report = verify_bundle(bundle, [stranger])
+    assert not report.ok
+    assert {f.check for f in report.findings} >= {"checkpoint-signature", "log-key"}
+
+
+def test_without_trusted_keys_the_report_says_whom_it_trusted(bundle: Path) -> None:
+    """With no key given, the bundle's own keys.json is used, and the report warns."""
+    report = verify_bundle(bundle, None)
+    assert report.ok
+    assert any("keys.json" in note for note in report.notes)
+
+
+def test_queued_entries_are_exported_and_counted_but_flagged_as_unsigned(
+    journal: Journal, books: Books, signer: NoteSigner, tmp_path: Path
+) -> None:
+    """An entry committed but not yet integrated is in the bundle; its caches reconcile."""
+    books.earn(SUPER, new_key(), member="alice", funding={"SUPER": 7}, business_time=books.clock())
+    report = verify_bundle(export(journal, tmp_path), [signer.verifier])
+    assert report.ok, report.to_text()
+    assert any("1 entries were queued" in note for note in report.notes)
+
+
+def test_a_leaf_that_cannot_be_a_line_is_exported_in_base64(tmp_path: Path) -> None:
+    """Bytes with a newline (never a canonical leaf) go out as an escape line, and are flagged."""
+    from audit.bundle import _leaf_line
+    from audit.leafscan import leaf_bytes
+
+    line = _leaf_line("x/log", 3, b'{"a":\n1}')
+    assert json.loads(line) == {
+        "index": 3,
+        "leaf_base64": base64.b64encode(b'{"a":\n1}').decode(),
+        "log": "x/log",
+    }
+    assert leaf_bytes(line) == (b'{"a":\n1}', ("x/log", 3))
+
+
+# -- the command line ----------------------------------------------------------------------------
+
+
+def test_the_cli_exports_and_verifies_a_bundle(
+    journal: Journal,
+    database_url: str,
+    signer: NoteSigner,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``audit export --out`` then ``audit verify --bundle --key --json``: ok, exit 0."""
+    import api.cli
+    from api.cli import main
+
+    opened: list[Database] = []
+
+    def tracked(settings: object) -> Database:  # dispose the command's engine at the end
+        opened.append(Database.connect(database_url))
+        return opened[-1]
+
+    monkeypatch.setattr(api.cli, "_database", tracked)
+    monkeypatch.setenv("COALITION_DATABASE_URL", database_url)
+    runner = CliRunner()
+    out = tmp_path / "cli-bundle"
+    exported = runner.invoke(main, ["audit", "export", "--out", str(out)])
+    for db in opened:
+        db.dispose()
+    assert exported.exit_code == 0, exported.output
+    verified = runner.invoke(
+        main, ["audit", "verify", "--bundle", str(out), "--key", signer.vkey, "--json"]
+    )
+    assert verified.exit_code == 0, verified.output
+    report = json.loads(verified.stdout)
+    assert (report["ok"], report["source"], report["findings"]) == (True, "bundle", [])
+
+
+def test_the_cli_exits_non_zero_and_names_the_class_on_a_finding(
+    bundle: Path, signer: NoteSigner
+) -> None:
+    """A tampered bundle: exit 1, and the text report names the tamper class of each finding."""
+    from api.cli import main
+
+    balances = bundle / "balances.jsonl"
+    lines = balances.read_text().splitlines()
+    row = json.loads(lines[-1])
+    row["balance"] += 1
+    lines[-1] = json.dumps(row)
+    balances.write_text("\n".join(lines) + "\n")
+    result = CliRunner().invoke(
+        main, ["audit", "verify", "--bundle", str(bundle), "--key", signer.vkey]
+    )
+    assert result.exit_code == 1
+    assert "[edited-cached-balance] cached-balance" in result.output
+    assert "[edited-bundle-file] manifest-hash" in result.output
+
+
+# -- the fast canonical check ----------------------------------------------------------------------
+
+_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**60), max_value=2**60),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8),
+)
+_VALUES = st.recursive(
+    _SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    extra=st.dictionaries(st.text(max_size=6), _VALUES, max_size=4),
+    spelling=st.sampled_from(["canonical", "sorted", "ascii", "unsorted", "spaced"]),
+)
+def test_the_fast_canonical_check_agrees_with_the_exact_one(
+    extra: dict[str, object], spelling: str
+) -> None:
+    """leaf_envelope (C codec fast path) accepts exactly the bytes parse_leaf accepts."""
+    from audit.leafscan import leaf_envelope
+    from ledger.errors import LedgerError
+    from ledger.journal import parse_leaf
+
+    envelope = {
+        "v": 1,
+        "log": "x/log",
+        "index": 3,
+        "prev": "ab" * 32,
+        "kind": "EARN",
+        "entry": {**extra, "kind": "EARN"},
+        "committed_at": "2026-03-02T09:00:00.000000Z",
+        "nonce": "cd" * 16,
+    }
+    try:
+        if spelling == "canonical":
+            from ledger.canonical import canonical_bytes
+
+            data = canonical_bytes(envelope)
+        else:
+            data = json.dumps(
+                envelope,
+                sort_keys=spelling != "unsorted",
+                ensure_ascii=spelling == "ascii",
+                separators=(", ", ": ") if spelling == "spaced" else (",", ":"),
+            ).encode("utf-8", "surrogatepass")
+    except (LedgerError, ValueError):
+        return
+
+    def accepts(check: object) -> bool:
+        try:
+            check(data)  # type: ignore[operator]
+        except LedgerError:
+            return False
+        return True
+
+    assert accepts(leaf_envelope) == accepts(parse_leaf)
