@@ -7,9 +7,9 @@ Lifecycle (PRODUCT.md §7), and what this module does of it:
    them. Periods close in order, each where the last one ended.
 2. **prepare** (:func:`prepare_statements`): compute every partner's statement from the journal,
    check the control total, render canonical JSON, hash and store it. One run per period.
-3. approve (finance user B ≠ A): the four-eyes workflow, built on top of this module.
+3. approve (finance user B ≠ A): the four-eyes workflow, :mod:`settlement.workflow`.
 4. **post** (:func:`post_statements`): one balanced SETTLEMENT entry per statement line.
-5. payment file, mark paid, settled: built on top of this module.
+5. payment file, mark paid, settled: :mod:`settlement.workflow` and :mod:`settlement.payments`.
 
 :func:`verify_period` recomputes a prepared period from the journal and compares byte for byte.
 

@@ -12,7 +12,15 @@
   recording falls in.
 
 On PostgreSQL, triggers refuse UPDATE, DELETE and TRUNCATE on all of them (migration 0004). The
-workflow states that follow (approval, posting, payment) are new rows elsewhere, never edits here.
+workflow states that follow are new rows in the tables of migration 0006, never edits here:
+
+- ``settlement_steps``: one row per (period, step) of the four-eyes workflow, with who and when.
+- ``settlement_payment_files``: the SEPA pain.001 files, with their control sum and SHA-256.
+- ``settlement_payments``: one per paid statement: bank reference and the PAYMENT entry booked.
+- ``settlement_outputs``: the per-partner JSON, CSV and invoice documents and their SHA-256.
+- ``settlement_disputes`` and ``settlement_dispute_decisions``: disputes and their outcome.
+- ``settlement_notes`` and ``settlement_countersignatures``: each statement as a note signed by the
+  log key, citing its checkpoint, and the partners' Ed25519 countersignatures of it.
 """
 
 from __future__ import annotations
@@ -110,6 +118,116 @@ settlement_adjustments = sa.Table(
     sa.Column("entry_ids", sa.JSON(), nullable=False),
 )
 
+# -- the workflow (migration 0006): every step is a new row, never an edit ---------------------
+
+settlement_steps = sa.Table(
+    "settlement_steps",
+    metadata,
+    sa.Column("period", sa.String(16), sa.ForeignKey("settlement_runs.period"), primary_key=True),
+    # PREPARED, APPROVED, POSTED, PAYMENT_FILE, PAID, SETTLED: each once per period.
+    sa.Column("step", sa.String(16), primary_key=True),
+    sa.Column("actor", sa.String(100), nullable=False),
+    sa.Column("at", UTCDateTime(), nullable=False),
+    sa.Column("detail", sa.JSON(), nullable=False),
+)
+
+settlement_payment_files = sa.Table(
+    "settlement_payment_files",
+    metadata,
+    sa.Column("period", sa.String(16), sa.ForeignKey("settlement_runs.period"), primary_key=True),
+    # pain.001.001.09 or pain.001.001.03
+    sa.Column("schema", sa.String(20), primary_key=True),
+    sa.Column("message_id", sa.String(35), nullable=False),
+    sa.Column("transactions", sa.Integer(), nullable=False),
+    sa.Column("control_sum_cents", sa.BigInteger(), nullable=False),
+    sa.Column("document", sa.LargeBinary(), nullable=False),
+    sa.Column("sha256", sa.LargeBinary(32), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("created_by", sa.String(100), nullable=False),
+)
+
+settlement_payments = sa.Table(
+    "settlement_payments",
+    metadata,
+    sa.Column(
+        "statement_id", sa.String(32), sa.ForeignKey("settlement_statements.id"), primary_key=True
+    ),
+    sa.Column("period", sa.String(16), nullable=False, index=True),
+    sa.Column("partner", sa.String(64), nullable=False),
+    # Signed like the statement's payable: + the partner paid the operator, − the operator paid.
+    sa.Column("amount_cents", sa.BigInteger(), nullable=False),
+    sa.Column("bank_reference", sa.String(140), nullable=False),
+    sa.Column("entry_id", sa.Uuid(), sa.ForeignKey("entries.id"), nullable=False),
+    sa.Column("paid_at", UTCDateTime(), nullable=False),
+    sa.Column("paid_by", sa.String(100), nullable=False),
+)
+
+settlement_outputs = sa.Table(
+    "settlement_outputs",
+    metadata,
+    sa.Column(
+        "statement_id", sa.String(32), sa.ForeignKey("settlement_statements.id"), primary_key=True
+    ),
+    # json, csv, pdf, invoice
+    sa.Column("format", sa.String(8), primary_key=True),
+    sa.Column("document", sa.LargeBinary(), nullable=False),
+    sa.Column("sha256", sa.LargeBinary(32), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+)
+
+settlement_disputes = sa.Table(
+    "settlement_disputes",
+    metadata,
+    sa.Column("id", sa.Uuid(), primary_key=True),
+    sa.Column("partner", sa.String(64), sa.ForeignKey("partners.code"), nullable=False, index=True),
+    sa.Column("period", sa.String(16), nullable=True),
+    sa.Column("entry_ids", sa.JSON(), nullable=False),
+    sa.Column("reason", sa.Text(), nullable=False),
+    sa.Column("opened_at", UTCDateTime(), nullable=False),
+    sa.Column("opened_by", sa.String(100), nullable=False),
+)
+
+settlement_dispute_decisions = sa.Table(
+    "settlement_dispute_decisions",
+    metadata,
+    sa.Column("dispute_id", sa.Uuid(), sa.ForeignKey("settlement_disputes.id"), primary_key=True),
+    # ACCEPTED or REJECTED
+    sa.Column("decision", sa.String(8), nullable=False),
+    sa.Column("reason", sa.Text(), nullable=False),
+    sa.Column("amount_cents", sa.BigInteger(), nullable=True),
+    sa.Column(
+        "adjustment_id", sa.Uuid(), sa.ForeignKey("settlement_adjustments.id"), nullable=True
+    ),
+    sa.Column("decided_at", UTCDateTime(), nullable=False),
+    sa.Column("decided_by", sa.String(100), nullable=False),
+)
+
+settlement_notes = sa.Table(
+    "settlement_notes",
+    metadata,
+    sa.Column(
+        "statement_id", sa.String(32), sa.ForeignKey("settlement_statements.id"), primary_key=True
+    ),
+    # The C2SP signed note, signed by the log key, citing the checkpoint of the close.
+    sa.Column("note", sa.Text(), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+)
+
+settlement_countersignatures = sa.Table(
+    "settlement_countersignatures",
+    metadata,
+    sa.Column(
+        "statement_id",
+        sa.String(32),
+        sa.ForeignKey("settlement_notes.statement_id"),
+        primary_key=True,
+    ),
+    sa.Column("key_id", sa.String(100), primary_key=True),
+    sa.Column("signature", sa.LargeBinary(64), nullable=False),
+    sa.Column("signed_at", UTCDateTime(), nullable=False),
+    sa.Column("recorded_at", UTCDateTime(), nullable=False),
+)
+
 #: Settlement facts: PostgreSQL refuses UPDATE, DELETE and TRUNCATE on them.
 APPEND_ONLY = (
     "settlement_periods",
@@ -117,4 +235,16 @@ APPEND_ONLY = (
     "settlement_statements",
     "settlement_lines",
     "settlement_adjustments",
+)
+
+#: The workflow's facts (migration 0006), append-only as well.
+WORKFLOW_APPEND_ONLY = (
+    "settlement_steps",
+    "settlement_payment_files",
+    "settlement_payments",
+    "settlement_outputs",
+    "settlement_disputes",
+    "settlement_dispute_decisions",
+    "settlement_notes",
+    "settlement_countersignatures",
 )
