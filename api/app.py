@@ -7,20 +7,21 @@ the environment here except through :class:`api.config.Settings`.
 
 from __future__ import annotations
 
+import http
 import json
 import logging
 import time
-import uuid
 from dataclasses import dataclass
 
 from flask import Flask, Response, g, request
 from flask_smorest import Api
+from flask_smorest.utils import prepare_response
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 import ledger.tables  # noqa: F401
 import partners.tables  # noqa: F401
 from api.config import Settings
-from api.errors import register_error_handlers
+from api.errors import PROBLEM_JSON, ProblemSchema, register_error_handlers, request_id
 from ledger.db import Database, create_engine
 from ledger.integrator import Integrator
 from ledger.keys import load_key
@@ -70,6 +71,28 @@ def _in_request() -> bool:
     return has_request_context()
 
 
+class ProblemApi(Api):
+    """flask-smorest's Api, documenting every error response as RFC 9457 problem+json.
+
+    flask-smorest documents its error responses (``default`` on every operation, 422 where a
+    request is parsed) with its own ``Error`` schema as ``application/json``; ours are
+    :class:`api.errors.ProblemSchema` as ``application/problem+json``, so the document says so.
+    """
+
+    ERROR_SCHEMA = ProblemSchema
+
+    def _register_responses(self) -> None:
+        for status in http.HTTPStatus:
+            response: dict = {"description": status.phrase}
+            if not (100 <= status < 200) and status not in (204, 304):
+                response["schema"] = self.ERROR_SCHEMA
+            prepare_response(response, self.spec, PROBLEM_JSON)
+            self.spec.components.response(status.name, response, lazy=True)
+        default = {"description": "Any error, as a problem", "schema": self.ERROR_SCHEMA}
+        prepare_response(default, self.spec, PROBLEM_JSON)
+        self.spec.components.response(self.DEFAULT_ERROR_RESPONSE_NAME, default, lazy=True)
+
+
 def create_app(settings: Settings | None = None, *, database: Database | None = None) -> Flask:
     settings = settings or Settings.from_env()
     app = Flask("coalition")
@@ -92,7 +115,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
         inline_integration=db.engine.dialect.name == "sqlite",
         master_key=settings.vault_key(),
     )
-    api = Api(app, spec_kwargs={"info": {"description": _DESCRIPTION}})
+    api = ProblemApi(app, spec_kwargs={"info": {"description": _DESCRIPTION}})
     api.spec.components.security_scheme(
         "bearer", {"type": "http", "scheme": "bearer", "description": "API key ck_<id>.<secret>"}
     )
@@ -112,9 +135,20 @@ def _signer(settings: Settings) -> NoteSigner | None:
 
 
 def _register_blueprints(api: Api) -> None:
-    from api.resources import admin, earning, health, log, members, points
+    from api.resources import (
+        admin,
+        batches,
+        earning,
+        health,
+        log,
+        members,
+        points,
+        rules,
+        settlement,
+        tiers,
+    )
 
-    for module in (health, log, points, earning, members, admin):
+    for module in (health, log, points, earning, members, admin, settlement, batches, rules, tiers):
         api.register_blueprint(module.blp)
 
 
@@ -134,15 +168,12 @@ def _observe(app: Flask) -> None:
 
     @app.before_request
     def _start() -> None:
-        incoming = request.headers.get("X-Request-Id", "")
-        g.request_id = (
-            incoming if 0 < len(incoming) <= 100 and incoming.isprintable() else str(uuid.uuid4())
-        )
+        request_id()
         g.started = time.perf_counter()
 
     @app.after_request
     def _finish(response: Response) -> Response:
-        response.headers["X-Request-Id"] = g.get("request_id", "")
+        response.headers["X-Request-Id"] = request_id()
         endpoint = request.url_rule.rule if request.url_rule else "unmatched"
         elapsed = time.perf_counter() - g.get("started", time.perf_counter())
         requests.labels(request.method, endpoint, str(response.status_code)).inc()

@@ -55,6 +55,19 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "keys.read": frozenset({ADMIN, AUDITOR, PARTNER}),
     "staff.read": frozenset({ADMIN, AUDITOR}),
     "staff.write": frozenset({ADMIN}),
+    # Settlement: partners read their own statements and disputes only (enforced by the views).
+    "settlement.read": frozenset({FINANCE, AUDITOR, PARTNER}),
+    "settlement.write": frozenset({FINANCE}),
+    "settlement.payments": frozenset({FINANCE, AUDITOR}),
+    "settlement.countersign": frozenset({PARTNER}),
+    "disputes.open": frozenset({PARTNER}),
+    "disputes.decide": frozenset({FINANCE}),
+    # Batches, rules and tiers (issue 5 point 5).
+    "batches.write": frozenset({PARTNER}),
+    "rules.read": frozenset({ADMIN, AUDITOR, FINANCE}),
+    "rules.write": frozenset({ADMIN}),
+    "tiers.read": frozenset({PARTNER, ADMIN, AUDITOR}),
+    "tiers.write": frozenset({ADMIN}),
 }
 
 
@@ -66,7 +79,8 @@ def current_credential() -> Credential:
 def _authenticate() -> Credential:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    # A token is printable ASCII; anything else (a NUL byte, say) must not reach the database.
+    if scheme.lower() != "bearer" or not token.strip() or not token.isprintable():
         raise ApiProblem(401, "unauthenticated", "send 'Authorization: Bearer <api key>'")
     db = current_app.extensions["coalition"].db
     with db.transaction() as conn:

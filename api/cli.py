@@ -11,8 +11,10 @@ import functools
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -21,6 +23,7 @@ import sqlalchemy as sa
 
 import ledger.tables  # noqa: F401  (registers the tables)
 from api.config import Settings
+from audit.bundle import export_database, verify_bundle
 from audit.verify import verify_database
 from ledger import jobs
 from ledger.db import Database, create_engine, upgrade
@@ -52,7 +55,12 @@ def clear_errors(command: F) -> F:
 
 
 def _database(settings: Settings) -> Database:
-    return Database(create_engine(settings.database_url, role=settings.database_role))
+    """The configured database, whose connections close when the command ends."""
+    db = Database(create_engine(settings.database_url, role=settings.database_role))
+    context = click.get_current_context(silent=True)
+    if context is not None:
+        context.call_on_close(db.dispose)
+    return db
 
 
 def _signer(settings: Settings) -> NoteSigner:
@@ -190,17 +198,84 @@ def audit() -> None:
 @audit.command("verify")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--key", "keys_", multiple=True, help="Trusted log verifier key (repeatable).")
+@click.option(
+    "--bundle",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Verify an export bundle offline instead of the live database.",
+)
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Processes that check a bundle's leaves.",
+)
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Show progress on stderr (default: when stderr is a terminal).",
+)
 @clear_errors
-def audit_verify(as_json: bool, keys_: tuple[str, ...]) -> None:
+def audit_verify(
+    as_json: bool,
+    keys_: tuple[str, ...],
+    bundle: Path | None,
+    workers: int,
+    progress: bool | None,
+) -> None:
     """Check everything; print every finding; exit 1 if there is any."""
     from ledger.note import NoteVerifier
 
-    db = _database(Settings.from_env())
     trusted = [NoteVerifier.from_vkey(k) for k in keys_] or None
-    with db.engine.connect() as conn:
-        report = verify_database(conn, trusted)
+    if bundle is not None:
+        with _progress(sys.stderr.isatty() if progress is None else progress) as report_progress:
+            report = verify_bundle(bundle, trusted, workers=workers, progress=report_progress)
+    else:
+        db = _database(Settings.from_env())
+        with db.engine.connect() as conn:
+            report = verify_database(conn, trusted)
     click.echo(json.dumps(report.to_json(), indent=2) if as_json else report.to_text())
     sys.exit(0 if report.ok else 1)
+
+
+@contextmanager
+def _progress(show: bool) -> Iterator[Callable[[str, int, int], None] | None]:
+    """A rich progress bar on stderr fed by the verifier's (phase, done, total) calls."""
+    if not show:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn())
+    with Progress(*columns, TimeRemainingColumn(), console=Console(stderr=True)) as bar:
+        tasks: dict[str, Any] = {}
+
+        def advance(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = bar.add_task(phase, total=total)
+            bar.update(tasks[phase], completed=done, total=total)
+
+        yield advance
+
+
+@audit.command("export")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="A new (or empty) directory for the bundle.",
+)
+@clear_errors
+def audit_export(out: Path) -> None:
+    """Write a self-contained bundle an auditor verifies offline (audit verify --bundle)."""
+    db = _database(Settings.from_env())
+    summary = export_database(db.engine, out, now=datetime.now(UTC))
+    click.echo(
+        f"bundle {summary.path}: logs {', '.join(summary.logs) or '(none)'}; {summary.leaves} "
+        f"leaves, {summary.entries} entries ({summary.queued} queued), "
+        f"{summary.audit_events} audit events"
+    )
 
 
 @audit.command("prove")
@@ -410,8 +485,20 @@ def serve(host: str, port: int, workers: int, graceful_timeout: int) -> None:
     run_gunicorn(host, port, workers, graceful_timeout)
 
 
-def run_gunicorn(host: str, port: int, workers: int, graceful_timeout: int) -> None:
+def run_gunicorn(
+    host: str,
+    port: int,
+    workers: int,
+    graceful_timeout: int = 30,
+    load: Callable[[], Any] | None = None,
+) -> None:
+    """Serve a WSGI app (the REST API unless ``load`` gives another) under gunicorn."""
     from gunicorn.app.base import BaseApplication
+
+    def _api() -> Any:
+        from api.wsgi import app
+
+        return app
 
     class _Server(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
@@ -419,13 +506,422 @@ def run_gunicorn(host: str, port: int, workers: int, graceful_timeout: int) -> N
             self.cfg.set("workers", workers)
             self.cfg.set("graceful_timeout", graceful_timeout)
             self.cfg.set("accesslog", None)
+            # Newer gunicorn opens one control socket per user; two servers on one host (the
+            # API and a witness) would take it from each other.
+            if "control_socket_disable" in self.cfg.settings:
+                self.cfg.set("control_socket_disable", True)
 
         def load(self) -> Any:
-            from api.wsgi import app
-
-            return app
+            return (load or _api)()
 
     _Server().run()
+
+
+# -- witnesses and published checkpoints -----------------------------------------------------------
+
+
+@main.group()
+def witness() -> None:
+    """A partner's witness: cosigns checkpoints only if they extend the last one it cosigned."""
+
+
+@witness.command("init")
+@click.option("--name", required=True, help="The witness's key name, e.g. partner.example/witness.")
+@click.option(
+    "--state",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The witness's state file (SQLite), created now.",
+)
+@click.option(
+    "--log-key",
+    "log_keys",
+    required=True,
+    multiple=True,
+    help="Verifier key of a log to witness (repeatable; `coalition keys show` prints it).",
+)
+@click.option(
+    "--key",
+    "key_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to create the witness key, mode 600 (default: STATE.key).",
+)
+@clear_errors
+def witness_init(name: str, state: Path, log_keys: tuple[str, ...], key_file: Path | None) -> None:
+    """Create a witness's key and state; print its verifier key (give it to the operator)."""
+    from audit.witness import create_witness
+    from ledger.note import NoteVerifier
+
+    logs = [NoteVerifier.from_vkey(vkey) for vkey in log_keys]
+    created = create_witness(state, name, logs, key_file)
+    key_path = key_file or state.with_name(state.name + ".key")
+    click.echo(f"created witness state {state} and key {key_path} (mode 600)", err=True)
+    click.echo(created.vkey)
+
+
+@witness.command("serve")
+@click.option(
+    "--state",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The state file made by `coalition witness init`.",
+)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8100, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64))
+@clear_errors
+def witness_serve(state: Path, host: str, port: int, workers: int) -> None:
+    """Serve C2SP tlog-witness POST /add-checkpoint under gunicorn."""
+    from api.witness_app import create_witness_app
+    from audit.witness import load_witness
+
+    loaded = load_witness(state)
+    click.echo(f"witness {loaded.vkey} at http://{host}:{port}/add-checkpoint", err=True)
+    witness_app = create_witness_app(loaded)
+    run_gunicorn(host, port, workers, load=lambda: witness_app)
+
+
+@main.group()
+def checkpoint() -> None:
+    """Signed checkpoints: publish the latest once a quorum of witnesses has cosigned it."""
+
+
+@checkpoint.command("publish")
+@click.option(
+    "--witness",
+    "witness_specs",
+    required=True,
+    multiple=True,
+    help="A witness as URL=VKEY: its add-checkpoint URL prefix and cosignature key (repeatable).",
+)
+@click.option("--quorum", required=True, type=click.IntRange(1), help="Cosignatures required.")
+@click.option(
+    "--timeout",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(0.1, 300),
+    help="Seconds to wait for each witness.",
+)
+@clear_errors
+def checkpoint_publish(witness_specs: tuple[str, ...], quorum: int, timeout: float) -> None:
+    """Ask every witness to cosign the latest checkpoint; publish it only with the quorum."""
+    from audit.publish import parse_witness, publish_checkpoint
+
+    endpoints = [parse_witness(spec) for spec in witness_specs]
+    db = _database(Settings.from_env())
+    with db.transaction() as conn:
+        result = publish_checkpoint(conn, None, endpoints, quorum, _http_post(timeout))
+    if result.already:
+        click.echo(
+            f"{result.log} at size {result.size} is already published "
+            f"({', '.join(result.witnesses)})"
+        )
+        return
+    for outcome in result.outcomes:
+        status = "cosigned" if outcome.ok else f"refused ({outcome.status or 'no answer'})"
+        click.echo(f"{outcome.witness}\t{outcome.url}\t{status}\t{outcome.detail}", err=True)
+    if not result.published:
+        raise click.ClickException(
+            f"quorum not met: {len(result.witnesses)} of {quorum} witnesses cosigned "
+            f"{result.log} at size {result.size}; nothing published"
+        )
+    click.echo(
+        f"published {result.log} at size {result.size}, cosigned by "
+        f"{len(result.witnesses)} of {len(endpoints)} witnesses (quorum {quorum})"
+    )
+
+
+def _http_post(timeout: float) -> Callable[[str, bytes], tuple[int, str, bytes]]:
+    """POST text/plain with urllib; any transport failure becomes an OSError."""
+    import http.client
+    import urllib.error
+    import urllib.request
+
+    limit = 64 * 1024
+
+    def post(url: str, body: bytes) -> tuple[int, str, bytes]:
+        # parse_witness admits only http:// and https:// URLs.
+        request = urllib.request.Request(  # noqa: S310
+            url, data=body, method="POST", headers={"Content-Type": "text/plain"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+                kind = response.headers.get("Content-Type", "")
+                return response.status, kind, response.read(limit)
+        except urllib.error.HTTPError as error:
+            return error.code, error.headers.get("Content-Type", ""), error.read(limit)
+        except http.client.HTTPException as error:
+            raise OSError(f"bad HTTP answer: {error!r}") from error
+
+    return post
+
+
+# -- settlement ------------------------------------------------------------------------------------
+
+
+@main.group()
+def settle() -> None:
+    """Settlement: close a period, prepare, approve (four eyes), pay, verify."""
+
+
+def _finance_user(function: F) -> F:
+    """The ``--as NAME`` option: the finance user taking the step, recorded with it."""
+    return click.option(
+        "--as", "user", required=True, metavar="NAME", help="Finance user taking the step."
+    )(function)
+
+
+def _period_argument(function: F) -> F:
+    return click.argument("period")(function)
+
+
+def _audit_step(conn: Any, user: str, action: str, period: str, after: dict[str, Any]) -> None:
+    """Record a settlement step taken at the command line in the audit log (its transaction)."""
+    from audit import log as audit_log
+
+    audit_log.record(
+        conn,
+        actor=user,
+        role="finance",
+        action=action,
+        now=datetime.now(UTC),
+        credential="cli",
+        source="cli",
+        subject=f"settlement:{period}",
+        after=after,
+    )
+
+
+@settle.command("close")
+@_period_argument
+@_finance_user
+@clear_errors
+def settle_close(period: str, user: str) -> None:
+    """Close PERIOD on the signed checkpoint covering it (integrating what waits first)."""
+    from settlement import service
+
+    settings = Settings.from_env()
+    db = _database(settings)
+    with db.transaction() as conn:
+        close = service.close_period(
+            conn,
+            period,
+            now=datetime.now(UTC),
+            closed_by=user,
+            integrator=Integrator(_signer(settings)),
+        )
+        _audit_step(
+            conn,
+            user,
+            "settlement.close",
+            close.period.label,
+            {"checkpoint_size": close.checkpoint.size},
+        )
+    click.echo(
+        f"{close.period.label} closed by {close.closed_by} on checkpoint "
+        f"{close.checkpoint.log} size {close.checkpoint.size}"
+    )
+
+
+@settle.command("prepare")
+@_period_argument
+@_finance_user
+@clear_errors
+def settle_prepare(period: str, user: str) -> None:
+    """Prepare the statements of PERIOD (finance user A)."""
+    from settlement import workflow
+
+    db = _database(Settings.from_env())
+    with db.transaction() as conn:
+        record = workflow.prepare(conn, period, now=datetime.now(UTC), by=user)
+        _audit_step(conn, user, "settlement.prepare", record.period, record.detail)
+    click.echo(
+        f"{period} prepared by {record.actor}: {record.detail.get('statements')} statements, "
+        f"sha256 {record.detail.get('sha256')}"
+    )
+
+
+@settle.command("approve")
+@_period_argument
+@_finance_user
+@clear_errors
+def settle_approve(period: str, user: str) -> None:
+    """Approve and post the statements of PERIOD (finance user B, not the preparer)."""
+    from settlement import workflow
+
+    db = _database(Settings.from_env())
+    with db.transaction() as conn:
+        record = workflow.approve(conn, period, now=datetime.now(UTC), by=user)
+        _audit_step(
+            conn,
+            user,
+            "settlement.approve",
+            record.period,
+            {"entries": len(record.detail["entries"])},
+        )
+    click.echo(f"{period} approved by {user}: {len(record.detail['entries'])} entries posted")
+
+
+@settle.command("pay-file")
+@_period_argument
+@_finance_user
+@click.option(
+    "--schema",
+    type=click.Choice(["pain.001.001.09", "pain.001.001.03"]),
+    default="pain.001.001.09",
+    show_default=True,
+)
+@click.option(
+    "--execution-date",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    default=None,
+    help="Requested execution date (default today).",
+)
+@click.option("--debtor-name", help="The operator's account holder (default: the setting).")
+@click.option("--debtor-iban", help="The operator's IBAN; with --debtor-name and --debtor-bic.")
+@click.option("--debtor-bic", help="The operator's BIC.")
+@click.option("--save-debtor", is_flag=True, help="Record the debtor as the programme setting.")
+@click.option(
+    "--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the XML file here."
+)
+@clear_errors
+def settle_pay_file(
+    period: str,
+    user: str,
+    schema: str,
+    execution_date: datetime | None,
+    debtor_name: str | None,
+    debtor_iban: str | None,
+    debtor_bic: str | None,
+    save_debtor: bool,
+    out: Path | None,
+) -> None:
+    """Make the SEPA credit-transfer file of PERIOD's payouts, validated against the XSD."""
+    from settlement import payments, workflow
+
+    given = (debtor_name, debtor_iban, debtor_bic)
+    if any(given) and not all(given):
+        raise click.UsageError("give all of --debtor-name, --debtor-iban and --debtor-bic")
+    debtor = payments.Debtor(*given) if all(given) else None  # type: ignore[arg-type]
+    now = datetime.now(UTC)
+    db = _database(Settings.from_env())
+    with db.transaction() as conn:
+        if debtor is not None and save_debtor:
+            debtor = payments.set_operator_debtor(conn, debtor, now)
+        built = workflow.payment_file(
+            conn,
+            period,
+            now=now,
+            by=user,
+            execution_date=(execution_date or now).date(),
+            debtor=debtor,
+            schema=schema,
+        )
+        _audit_step(
+            conn,
+            user,
+            "settlement.payment_file",
+            period,
+            {"schema": schema, "sha256": None if built is None else built.sha256.hex()},
+        )
+    if built is None:
+        click.echo(f"{period}: the operator pays nobody; no payment file")
+        return
+    if out is not None:
+        out.write_bytes(built.document)
+    click.echo(
+        f"{built.schema} {built.message_id}: {built.transactions} transfers, control sum "
+        f"{built.control_sum_cents / 100:.2f} EUR, sha256 {built.sha256.hex()}"
+        + (f", written to {out}" if out is not None else "")
+    )
+
+
+@settle.command("mark-paid")
+@_period_argument
+@_finance_user
+@click.option("--reference", required=True, help="The bank's reference of the payment(s).")
+@click.option("--partner", "partners", multiple=True, help="Only this partner (repeatable).")
+@clear_errors
+def settle_mark_paid(period: str, user: str, reference: str, partners: tuple[str, ...]) -> None:
+    """Record PERIOD's payments with the bank reference (PAYMENT entries); settles when done."""
+    from settlement import workflow
+
+    db = _database(Settings.from_env())
+    with db.transaction() as conn:
+        state = workflow.mark_paid(
+            conn,
+            period,
+            reference,
+            now=datetime.now(UTC),
+            by=user,
+            partners=list(partners) or None,
+        )
+        _audit_step(
+            conn,
+            user,
+            "settlement.mark_paid",
+            state.period,
+            {"bank_reference": reference, "status": state.status},
+        )
+    for payment in state.payments:
+        click.echo(
+            f"{payment.partner}: {payment.amount_cents / 100:.2f} EUR paid "
+            f"({payment.bank_reference}), entry {payment.entry_id}"
+        )
+    click.echo(f"{period}: {state.status}; outstanding: {', '.join(state.outstanding) or 'none'}")
+
+
+@settle.command("statements")
+@_period_argument
+@click.option("--partner", help="Only this partner's statement.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write each output (json, csv, pdf, invoice) into this directory.",
+)
+@clear_errors
+def settle_statements(period: str, partner: str | None, out: Path | None) -> None:
+    """The statements of PERIOD: net, direction and each output's SHA-256."""
+    from settlement import outputs, service
+
+    db = _database(Settings.from_env())
+    with db.transaction() as conn:
+        run = service.statement_run(conn, period)
+        produced = outputs.statement_outputs(conn, period, now=datetime.now(UTC), partner=partner)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    for statement in run.settlement.statements:
+        if partner is not None and statement.partner != partner:
+            continue
+        click.echo(
+            f"{statement.partner}: net {statement.net_cents / 100:.2f} EUR, "
+            f"payable {statement.payable_cents / 100:.2f} EUR ({statement.direction})"
+        )
+        for output in (o for o in produced if o.statement_id == statement.id):
+            suffix = "invoice.json" if output.format == "invoice" else output.format
+            line = f"  {output.format:8} sha256 {output.sha256.hex()}"
+            if out is not None:
+                path = out / f"{period}-{statement.partner}.{suffix}"
+                path.write_bytes(output.document)
+                line += f"  {path}"
+            click.echo(line)
+
+
+@settle.command("verify")
+@_period_argument
+@clear_errors
+def settle_verify(period: str) -> None:
+    """Recompute PERIOD from the journal and compare byte for byte (exit 1 on any finding)."""
+    from settlement import service
+
+    db = _database(Settings.from_env())
+    with db.engine.connect() as conn:
+        findings = service.verify_period(conn, period)
+    for finding in findings:
+        click.echo(str(finding))
+    if findings:
+        raise click.ClickException(f"{period}: {len(findings)} findings")
+    click.echo(f"{period}: statements reproduce byte for byte")
 
 
 from api.demo import demo  # noqa: E402  (registers the demo command on the group)

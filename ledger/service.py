@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
@@ -55,6 +57,27 @@ from ledger.numbers import parse_amount
 from ledger.repository import HoldState, LedgerStore, LotState
 
 Clock = Callable[[], datetime]
+
+#: Attributes proving who asked for the entries booked while they are set (the API sets a partner's
+#: HTTP message signature). See :func:`request_evidence`.
+_evidence: ContextVar[Mapping[str, Any] | None] = ContextVar("request_evidence", default=None)
+
+
+@contextmanager
+def request_evidence(attributes: Mapping[str, Any] | None) -> Iterator[None]:
+    """Add ``attributes`` to every entry a command books in this context (non-repudiation).
+
+    The evidence is merged into the entry's attributes, so it is stored and hashed into the
+    entry's leaf, but it is not part of the request's idempotency fingerprint: a retry that proves
+    itself afresh (a new signature, a new nonce) replays the original entry, which keeps the
+    evidence of the request that booked it. An empty or ``None`` mapping adds nothing.
+    """
+    token = _evidence.set(dict(attributes) if attributes else None)
+    try:
+        yield
+    finally:
+        _evidence.reset(token)
+
 
 
 def utc_now() -> datetime:
@@ -717,6 +740,9 @@ class Ledger:
         except BusinessRefusal as refusal:
             store.record_refusal(actor.idempotency_scope, key, refusal)
             raise
+        evidence = _evidence.get()
+        if evidence:
+            entry = replace(entry, attributes={**entry.attributes, **evidence})
         store.book(entry, self.policy.shards)
         return Booking(entry)
 

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+import api.tables  # noqa: F401  (request_nonces, the API's own table)
+import audit.tables  # noqa: F401
 import ledger.tables  # noqa: F401  (registers the tables on the shared metadata)
 import partners.tables  # noqa: F401
 import settlement.tables  # noqa: F401

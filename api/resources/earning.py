@@ -10,7 +10,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from api.auth import current_credential, requires
-from api.resources.points import IDEMPOTENCY_HEADER, idempotency_key
+from api.resources.points import IDEMPOTENCY_HEADER, idempotency_key, request_time
 from api.schemas import (
     EarnRequest,
     EarnResultSchema,
@@ -18,6 +18,7 @@ from api.schemas import (
     EngagementResultSchema,
     entry_json,
 )
+from api.signatures import signed
 from partners import earning
 from partners.rules import Basket, BasketLine
 
@@ -57,14 +58,14 @@ class Earn(MethodView):
             paid_with_points_cents=data["paid_with_points_cents"],
         )
         now = datetime.now(UTC)
-        with services.db.transaction() as conn:
+        with services.db.transaction() as conn, signed(conn):
             result = earning.earn_purchase(
                 conn,
                 current_credential().actor,
                 key,
                 member=data["member"],
                 basket=basket,
-                business_time=data.get("business_time") or now,
+                business_time=request_time(data, conn, key, now),
                 now=now,
                 ledger=services.ledger,
             )
@@ -83,7 +84,7 @@ class Engagements(MethodView):
         """Reward an engagement event (review, app install, …); deduplicated by event id."""
         services, key = current_app.extensions["coalition"], idempotency_key()
         now = datetime.now(UTC)
-        with services.db.transaction() as conn:
+        with services.db.transaction() as conn, signed(conn):
             result = earning.engage(
                 conn,
                 current_credential().actor,
@@ -91,7 +92,7 @@ class Engagements(MethodView):
                 member=data["member"],
                 event_type=data["event_type"],
                 event_id=data["event_id"],
-                business_time=data.get("business_time") or now,
+                business_time=request_time(data, conn, key, now),
                 now=now,
                 ledger=services.ledger,
             )

@@ -8,6 +8,7 @@ partner must be able to accept any member's points; history shows a partner only
 from __future__ import annotations
 
 import base64
+import re
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
@@ -36,9 +37,24 @@ from ledger.model import member_account
 from ledger.repository import SqlLedgerStore
 from partners import members
 from partners.directory import Role
+from partners.errors import UnknownMember
 from partners.members import Member
 
 blp = Blueprint("members", __name__, url_prefix="/v1/members", description="Members")
+
+#: What a member id can look like (``m_`` and hex today); anything else names no member.
+_MEMBER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@blp.url_value_preprocessor
+def _refuse_impossible_ids(endpoint: str | None, values: dict[str, Any] | None) -> None:
+    """A member id no member can have is a 404 before it reaches the database.
+
+    Without this a NUL byte in the path would make PostgreSQL fail (a 500) instead of missing.
+    """
+    member_id = (values or {}).get("member_id")
+    if member_id is not None and not _MEMBER_ID.fullmatch(member_id):
+        raise UnknownMember(member_id)
 
 
 def _services() -> Any:
@@ -220,9 +236,15 @@ def _decode_cursor(cursor: str) -> tuple[datetime, Any]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         when, _, entry_id = raw.partition("|")
-        return datetime.fromisoformat(when), UUID(entry_id)
-    except (ValueError, UnicodeDecodeError):
-        raise ApiProblem(400, "invalid-cursor", "the cursor is not one this API gave") from None
+        booked_at = datetime.fromisoformat(when)
+        # The cursor is the caller's to forge: a naive time, or one with no UTC equivalent,
+        # would fail in the query (a 500) rather than name an entry.
+        if booked_at.utcoffset() is None:
+            raise ValueError("naive time")
+        return booked_at.astimezone(UTC), UUID(entry_id)
+    except (ValueError, UnicodeDecodeError, OverflowError):
+        raise ApiProblem(422, "invalid-cursor", "the cursor is not one this API gave",
+                         field="cursor") from None
 
 
 @blp.route("/<string:member_id>/consents")

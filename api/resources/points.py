@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
+import sqlalchemy as sa
 from flask import current_app, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
@@ -30,11 +31,13 @@ from api.schemas import (
     VoidRequest,
     entry_json,
 )
+from api.signatures import signed
+from ledger import tables as lt
 from ledger.errors import UnknownEntry
 from ledger.receipts import receipt, wait_for_receipt
 from ledger.repository import SqlLedgerStore
 from ledger.service import Booking
-from partners import directory
+from partners import directory, earning
 
 blp = Blueprint("points", __name__, url_prefix="/v1", description="Spend, hold, reverse, transfer")
 
@@ -49,9 +52,12 @@ IDEMPOTENCY_HEADER = {
 
 def idempotency_key() -> str:
     key = request.headers.get("Idempotency-Key", "")
-    if not 1 <= len(key) <= 200:
+    # Printable only: the key is stored, and PostgreSQL refuses a NUL byte in text (a 500).
+    if not 1 <= len(key) <= 200 or not key.isprintable():
         raise ApiProblem(
-            400, "idempotency-key-required", "send an Idempotency-Key header of 1–200 characters"
+            400,
+            "idempotency-key-required",
+            "send an Idempotency-Key header of 1–200 printable characters",
         )
     return key
 
@@ -60,15 +66,29 @@ def book(decide: Callable[[Any, Any, str], Booking]) -> tuple[dict, int, dict]:
     """Run one kernel command in one transaction and render the booking."""
     services = current_app.extensions["coalition"]
     key = idempotency_key()
-    with services.db.transaction() as conn:
+    with services.db.transaction() as conn, signed(conn):
         booking = decide(conn, SqlLedgerStore(conn), key)
     services.integrate()
     headers = {"Idempotent-Replayed": "true"} if booking.replayed else {}
     return entry_json(booking.entry), 201, headers
 
 
-def _when(data: dict) -> datetime:
-    return data.get("business_time") or datetime.now(UTC)
+def request_time(data: dict, conn: Any, key: str, now: datetime | None = None) -> datetime:
+    """The request's business time; when it is omitted, the one first recorded under ``key``.
+
+    The time is part of the request's fingerprint, so defaulting a retry to a new "now" would
+    turn every retry that omits ``business_time`` into a 409 conflict instead of a replay.
+    """
+    if data.get("business_time"):
+        return data["business_time"]
+    i = lt.idempotency.c
+    recorded = conn.scalar(
+        sa.select(i.request).where(
+            i.credential == current_credential().actor.idempotency_scope, i.key == key
+        )
+    )
+    when = (recorded or {}).get("business_time")
+    return datetime.fromisoformat(when) if when else now or datetime.now(UTC)
 
 
 @blp.route("/burn")
@@ -83,14 +103,18 @@ class Burn(MethodView):
         ledger = current_app.extensions["coalition"].ledger
 
         def decide(conn: Any, store: SqlLedgerStore, key: str) -> Booking:
-            directory.require_can_redeem(conn, partner)
-            return ledger.burn(
-                store,
+            # The business layer's burn: blocked redemptions, an inactive member and the daily
+            # burn cap are refused (and recorded under the key) before the kernel is reached.
+            return earning.burn(
+                conn,
                 actor,
                 key,
                 member=data["member"],
                 points=data["points"],
-                business_time=_when(data),
+                business_time=request_time(data, conn, key),
+                now=datetime.now(UTC),
+                partner=partner,
+                ledger=ledger,
             )
 
         return book(decide)
@@ -118,7 +142,7 @@ class Holds(MethodView):
                 key,
                 member=data["member"],
                 points=data["points"],
-                business_time=_when(data),
+                business_time=request_time(data, conn, key),
                 ttl=ttl,
             )
 
@@ -136,7 +160,12 @@ class Capture(MethodView):
         actor, ledger = current_credential().actor, current_app.extensions["coalition"].ledger
         return book(
             lambda conn, store, key: ledger.capture(
-                store, actor, key, hold_id=hold_id, points=data["points"], business_time=_when(data)
+                store,
+                actor,
+                key,
+                hold_id=hold_id,
+                points=data["points"],
+                business_time=request_time(data, conn, key),
             )
         )
 
@@ -152,7 +181,7 @@ class Void(MethodView):
         actor, ledger = current_credential().actor, current_app.extensions["coalition"].ledger
         return book(
             lambda conn, store, key: ledger.void(
-                store, actor, key, hold_id=hold_id, business_time=_when(data)
+                store, actor, key, hold_id=hold_id, business_time=request_time(data, conn, key)
             )
         )
 
@@ -174,7 +203,7 @@ class Reversals(MethodView):
                 entry_id=entry_id,
                 points=data.get("points"),
                 reason=data.get("reason"),
-                business_time=_when(data),
+                business_time=request_time(data, conn, key),
             )
         )
 
@@ -188,15 +217,18 @@ class Transfers(MethodView):
     def post(self, data: dict) -> tuple:
         """Move points between two members (off unless the programme enables it)."""
         actor, ledger = current_credential().actor, current_app.extensions["coalition"].ledger
+        # The business layer's transfer: off unless enabled, and within the programme's caps.
         return book(
-            lambda conn, store, key: ledger.transfer(
-                store,
+            lambda conn, store, key: earning.transfer(
+                conn,
                 actor,
                 key,
                 from_member=data["from_member"],
                 to_member=data["to_member"],
                 points=data["points"],
-                business_time=_when(data),
+                business_time=request_time(data, conn, key),
+                now=datetime.now(UTC),
+                ledger=ledger,
             )
         )
 

@@ -34,7 +34,7 @@ from ledger import merkle
 from ledger import tables as t
 from ledger.consistency import Finding
 from ledger.db import Database
-from ledger.errors import SignatureError, UnknownEntry
+from ledger.errors import NotYetIntegrated, SignatureError
 from ledger.integrator import Integrator, LogKeyMismatch
 from ledger.journal import GENESIS_PREV, LOG_START, parse_leaf
 from ledger.logcheck import verify_log
@@ -578,9 +578,9 @@ def test_wait_for_receipt_returns_once_integrated(
 
 
 def test_wait_for_receipt_gives_up_when_nothing_integrates(books: Books) -> None:
-    """Without an integrator, waiting for a receipt ends in UnknownEntry after the timeout."""
+    """Without an integrator, waiting for a receipt ends in NotYetIntegrated after the timeout."""
     (entry_id,) = book_earns(books, 1)
-    with pytest.raises(UnknownEntry):
+    with pytest.raises(NotYetIntegrated):
         wait_for_receipt(books.db, entry_id, timeout=0.05)
 
 
