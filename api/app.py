@@ -22,8 +22,8 @@ import ledger.tables  # noqa: F401
 import partners.tables  # noqa: F401
 from api.config import Settings
 from api.errors import PROBLEM_JSON, ProblemSchema, register_error_handlers, request_id
+from audit.log import log_integrator
 from ledger.db import Database, create_engine
-from ledger.integrator import Integrator
 from ledger.keys import load_key
 from ledger.note import NoteSigner
 from ledger.service import Ledger
@@ -45,7 +45,7 @@ class Services:
     def integrate(self) -> None:
         """On SQLite, append new entries to the log right after the write commits."""
         if self.inline_integration and self.signer is not None:
-            Integrator(self.signer).integrate_all(self.db)
+            log_integrator(self.signer).integrate_all(self.db)
 
 
 class JsonLogFormatter(logging.Formatter):

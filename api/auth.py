@@ -114,3 +114,34 @@ def acting_partner() -> str:
     if credential.partner is None:
         raise ApiProblem(403, "forbidden", "only a partner credential can do this")
     return credential.partner
+
+
+def audit(
+    conn: Any,
+    action: str,
+    subject: str,
+    after: dict[str, Any] | None = None,
+    reason: str | None = None,
+) -> None:
+    """Record the caller's action in the audit log, in the action's own transaction (§8).
+
+    Who (credential, role), what, when, from where (remote address) and the request id; never a
+    secret or a personal value (the audit log refuses those).
+    """
+    from api.errors import request_id
+    from audit import log as audit_log
+
+    credential = current_credential()
+    audit_log.record(
+        conn,
+        actor=credential.staff or f"partner:{credential.partner}",
+        role=credential.role.value,
+        action=action,
+        now=datetime.now(UTC),
+        credential=credential.id,
+        request_id=request_id(),
+        source=request.remote_addr,
+        subject=subject,
+        after=after,
+        reason=reason,
+    )

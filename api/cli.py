@@ -24,6 +24,7 @@ import sqlalchemy as sa
 import ledger.tables  # noqa: F401  (registers the tables)
 from api.config import Settings
 from audit.bundle import export_database, verify_bundle
+from audit.log import log_integrator
 from audit.verify import verify_database
 from ledger import jobs
 from ledger.db import Database, create_engine, upgrade
@@ -113,7 +114,7 @@ def init() -> None:
 def integrate(once: bool, batch_size: int, interval: float) -> None:
     """Append committed entries to the verifiable log and sign checkpoints (leader-elected)."""
     settings = Settings.from_env()
-    db, integrator = _database(settings), Integrator(_signer(settings), batch_size)
+    db, integrator = _database(settings), log_integrator(_signer(settings), batch_size)
     while True:
         appended = integrator.integrate_all(db)
         if appended:
@@ -144,7 +145,7 @@ def keys_rotate(origin: str | None) -> None:
     if settings.log_key:
         raise click.ClickException("rotate a key kept in a file, not in COALITION_LOG_KEY")
     db, old = _database(settings), _signer(settings)
-    integrator = Integrator(old)
+    integrator = log_integrator(old)
     integrator.integrate_all(db)
     new_origin = origin or next_origin(old.name)
     retired = settings.log_key_file.with_name(settings.log_key_file.name + ".retired")
@@ -708,7 +709,7 @@ def settle_close(period: str, user: str) -> None:
             period,
             now=datetime.now(UTC),
             closed_by=user,
-            integrator=Integrator(_signer(settings)),
+            integrator=log_integrator(_signer(settings)),
         )
         _audit_step(
             conn,

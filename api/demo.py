@@ -31,6 +31,7 @@ from rich.table import Table
 import ledger.tables as lt
 import partners.tables  # noqa: F401
 import settlement.tables  # noqa: F401
+from audit.log import log_integrator
 from audit.verify import verify_database
 from ledger import jobs
 from ledger.db import Database, upgrade
@@ -390,7 +391,7 @@ def demo(count: int, days: int, seed: int, db_path: Path, fresh: bool) -> None:
         if key_path.exists()
         else create_key(key_path, "demo.coalition.local/ledger")
     )
-    integrator = Integrator(signer)
+    integrator = log_integrator(signer)
     kernel = Ledger(Policy(hold_ttl=timedelta(hours=2)), clock=clock)
     world = World(db, kernel, clock, random.Random(seed))  # noqa: S311  (a simulation)
     master_key = MasterKey.generate("demo-master")

@@ -34,8 +34,9 @@ from sqlalchemy.engine import Connection
 from audit import tables as at
 from audit.errors import AuditError, UnsafeAuditValue
 from ledger.canonical import canonical_bytes, format_decimal, format_timestamp, format_uuid
-from ledger.integrator import QueuedRecord
+from ledger.integrator import Integrator, QueuedRecord
 from ledger.journal import AUDIT
+from ledger.note import NoteSigner
 
 #: What a redacted value is replaced by: the event keeps the key, so it says what changed.
 REDACTED = "[redacted]"
@@ -284,3 +285,8 @@ def _plain(value: Any) -> Any:
     if isinstance(value, Enum):
         return value.value
     return value
+
+
+def log_integrator(signer: NoteSigner, batch_size: int = 1000) -> Integrator:
+    """The integrator every process should run: journal entries and audit events, one log."""
+    return Integrator(signer, batch_size, queues=[AuditQueue()])

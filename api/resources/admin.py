@@ -29,7 +29,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from sqlalchemy.engine import Connection
 
-from api.auth import current_credential, requires
+from api.auth import audit, current_credential, requires
 from api.errors import ApiProblem
 from api.schemas import (
     ContractCreate,
@@ -310,7 +310,7 @@ class Partners(MethodView):
     def post(self, data: dict) -> tuple:
         """Onboard an active partner: bank details are checked and its ledger accounts opened."""
         with _db().transaction() as conn:
-            # audit: partner onboarded
+            audit(conn, "partner.onboard", data["code"])
             partner = directory.onboard_partner(conn, data["code"], data["legal_name"],
                                                 data["iban"], data["bic"], _now())
         location = url_for("admin.PartnerResource", code=partner.code)
@@ -361,7 +361,8 @@ class PartnerResource(MethodView):
             # Reactivating lifts a block unless told otherwise: an active partner cannot have one.
             keep = before.redemption_blocked and status is not PartnerStatus.ACTIVE
             blocked = data.get("redemption_blocked", keep)
-            # audit: partner status changed (before → after)
+            change = {"status": status.value, "redemption_blocked": blocked}
+            audit(conn, "partner.status", code, change)
             partner = directory.set_status(conn, code, status, _now(), redemption_blocked=blocked,
                                            expected_version=expected)
         return _partner_json(partner), 200, _etag(partner)
@@ -392,7 +393,7 @@ class Contracts(MethodView):
         valid_from, valid_to = data.pop("valid_from"), data.pop("valid_to")
         terms = ContractTerms(**data)
         with _db().transaction() as conn:
-            # audit: contract version added
+            audit(conn, "contract.add", code)
             contract = directory.add_contract(conn, code, terms, valid_from, valid_to, _now(),
                                               _recorded_by())
         location = url_for("admin.ContractResource", code=code, version=contract.version)
@@ -445,7 +446,7 @@ class PartnerCredentials(MethodView):
     def post(self, data: dict, code: str) -> tuple:
         """Issue an API key for the partner; the token is in this response and nowhere else."""
         with _db().transaction() as conn:
-            # audit: partner credential issued (never the token)
+            audit(conn, "credential.issue", code)
             issued = directory.issue_credential(conn, partner=code, role=Role.PARTNER,
                                                 label=data["label"], now=_now())
             body = _issued_json(conn, issued)
@@ -472,7 +473,7 @@ class RotatePartnerCredential(MethodView):
         """Issue a successor key; the old one stops working after ``grace_seconds``."""
         with _db().transaction() as conn:
             _partner_credential(conn, code, credential_id)
-            # audit: partner credential rotated
+            audit(conn, "credential.rotate", credential_id)
             issued = directory.rotate_credential(
                 conn, credential_id, _now(), grace=timedelta(seconds=data["grace_seconds"]))
             body = _issued_json(conn, issued)
@@ -488,7 +489,7 @@ class RevokePartnerCredential(MethodView):
         """Stop the key from authenticating now (also ends a rotation's grace period)."""
         with _db().transaction() as conn:
             _partner_credential(conn, code, credential_id)
-            # audit: partner credential revoked
+            audit(conn, "credential.revoke", credential_id)
             return _credential_json(directory.revoke_credential(conn, credential_id, _now()))
 
 
@@ -532,7 +533,7 @@ class PartnerKeys(MethodView):
         now = _now()
         with _db().transaction() as conn:
             _keys_partner(conn, code)
-            # audit: partner key registered
+            audit(conn, "partner_key.add", code)
             key_id = directory.add_partner_key(conn, code, data["public_key"],
                                                data["valid_from"] or now, now)
             key = _partner_key(conn, code, key_id)
@@ -550,7 +551,7 @@ class RetirePartnerKey(MethodView):
         with _db().transaction() as conn:
             _keys_partner(conn, code)
             _partner_key(conn, code, key_id)
-            # audit: partner key retired
+            audit(conn, "partner_key.retire", key_id)
             key = directory.retire_partner_key(conn, key_id, data["valid_to"] or _now())
         return _key_json(key)
 
@@ -584,7 +585,7 @@ class Staff(MethodView):
     def post(self, data: dict) -> tuple:
         """Issue a credential for a staff account in a role; the token is shown only here."""
         with _db().transaction() as conn:
-            # audit: staff credential issued (never the token)
+            audit(conn, "staff.issue", data["name"], {"role": str(data["role"])})
             issued = directory.issue_credential(conn, staff=data["name"], role=data["role"],
                                                 label=data["label"], now=_now())
             body = _issued_json(conn, issued)
@@ -611,7 +612,7 @@ class RotateStaffCredential(MethodView):
         """Issue a successor staff credential; the old one stops after ``grace_seconds``."""
         with _db().transaction() as conn:
             _staff_credential(conn, credential_id)
-            # audit: staff credential rotated
+            audit(conn, "staff.rotate", credential_id)
             issued = directory.rotate_credential(
                 conn, credential_id, _now(), grace=timedelta(seconds=data["grace_seconds"]))
             body = _issued_json(conn, issued)
@@ -627,5 +628,5 @@ class RevokeStaffCredential(MethodView):
         """Stop a staff credential from authenticating now."""
         with _db().transaction() as conn:
             _staff_credential(conn, credential_id)
-            # audit: staff credential revoked
+            audit(conn, "staff.revoke", credential_id)
             return _credential_json(directory.revoke_credential(conn, credential_id, _now()))

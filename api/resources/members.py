@@ -18,7 +18,7 @@ from flask import current_app
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from api.auth import current_credential, requires
+from api.auth import audit, current_credential, requires
 from api.errors import ApiProblem
 from api.schemas import (
     BalanceSchema,
@@ -79,6 +79,8 @@ def _render(conn: Any, found: Member) -> dict:
     else:
         shared = members.visible_to_partner(conn, found.id, credential.partner)
     shown = members.personal_data(conn, found.id, key) or None if readable and shared else None
+    if shown and credential.partner is None:
+        audit(conn, "personal_data.read", found.id)  # every staff read of personal data (§5)
     return {**asdict(found), "personal": shown}
 
 
@@ -273,9 +275,11 @@ class Export(MethodView):
     @blp.response(200)
     def get(self, member_id: str) -> dict:
         """Everything held about the member, for a right-of-access request (privacy officer)."""
-        # Audit log: a staff read of personal data (who, when, why) is recorded here.
         with _services().db.transaction() as conn:
-            return members.export_member(conn, member_id, _master_key())
+            export = members.export_member(conn, member_id, _master_key())
+            audit(conn, "member.export", member_id)
+        _services().integrate()
+        return export
 
 
 @blp.route("/<string:member_id>/erasure")
@@ -293,5 +297,7 @@ class Erasure(MethodView):
                 by=current_credential().id,
                 reason=data["reason"],
             )
+            audit(conn, "member.erase", member_id, {"outcome": outcome.outcome},
+                  reason=data["reason"])
         _services().integrate()
         return asdict(outcome)

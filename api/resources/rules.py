@@ -23,7 +23,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from sqlalchemy.engine import Connection
 
-from api.auth import requires
+from api.auth import audit, requires
 from api.errors import ApiProblem
 from api.schemas import (
     AbuseControlsSchema,
@@ -162,7 +162,7 @@ class Campaigns(MethodView):
                 raise ApiProblem(409, "campaign-exists",
                                  f"campaign {campaign.id} exists; campaigns are never edited",
                                  campaign_id=campaign.id)
-            # audit: campaign added
+            audit(conn, "campaign.add", campaign.id)
             try:
                 earning.add_campaign(conn, campaign, _now())
             except sa.exc.IntegrityError:  # a concurrent POST took the id first
@@ -229,7 +229,7 @@ class EngagementRules(MethodView):
                 sa.select(sa.func.max(r.version)).where(r.event_type == data["event_type"])
             )
             rule = EngagementRule(version=(latest or 0) + 1, **data)
-            # audit: engagement rule version added
+            audit(conn, "engagement_rule.add", data["event_type"])
             try:
                 earning.add_engagement_rule(conn, rule, _now())
             except sa.exc.IntegrityError:  # a concurrent POST took this version: retry
@@ -292,7 +292,7 @@ class AbuseControlsResource(MethodView):
         controls = AbuseControls(**data)
         with _db().transaction() as conn:
             _check_if_match(_controls_json(earning.abuse_controls(conn)))
-            # audit: abuse controls changed
+            audit(conn, "abuse_controls.set", "program")
             body = _controls_json(earning.set_abuse_controls(conn, controls, _now()))
         return body, 200, {"ETag": _etag(body)}
 
@@ -316,6 +316,6 @@ class ExpiryPolicyResource(MethodView):
         policy = ExpiryPolicy.from_json(data)
         with _db().transaction() as conn:
             _check_if_match(expiry.expiry_policy(conn).to_json())
-            # audit: expiry policy changed
+            audit(conn, "expiry_policy.set", "program")
             body = expiry.set_expiry_policy(conn, policy, _now()).to_json()
         return body, 200, {"ETag": _etag(body)}

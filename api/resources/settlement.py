@@ -17,13 +17,13 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from flask import Response, current_app, request
+from flask import Response, current_app
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from sqlalchemy.engine import Connection
 
-from api.auth import current_credential, requires
-from api.errors import ApiProblem, request_id
+from api.auth import audit, current_credential, requires
+from api.errors import ApiProblem
 from api.schemas import (
     CountersignRequest,
     DisputeAcceptRequest,
@@ -39,8 +39,7 @@ from api.schemas import (
     StepSchema,
     VerificationSchema,
 )
-from audit import log as audit_log
-from ledger.integrator import Integrator
+from audit.log import log_integrator
 from ledger.numbers import format_cents
 from settlement import disputes, notes, outputs, service, workflow
 from settlement.errors import (
@@ -97,30 +96,6 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-def audit(
-    conn: Connection,
-    action: str,
-    subject: str,
-    after: dict[str, Any] | None = None,
-    reason: str | None = None,
-) -> None:
-    """Record the step in the audit log, in the step's own transaction (PRODUCT.md §8)."""
-    credential = current_credential()
-    audit_log.record(
-        conn,
-        actor=credential.staff or f"partner:{credential.partner}",
-        role=credential.role.value,
-        action=action,
-        now=now(),
-        credential=credential.id,
-        request_id=request_id(),
-        source=request.remote_addr,
-        subject=subject,
-        after=after,
-        reason=reason,
-    )
-
-
 # -- the workflow ----------------------------------------------------------------------------------
 
 
@@ -142,7 +117,7 @@ class Close(MethodView):
     def post(self, period: str) -> dict:
         """Close the period on the signed checkpoint covering it (integrating what waits)."""
         services = current_app.extensions["coalition"]
-        integrator = Integrator(services.signer) if services.signer is not None else None
+        integrator = log_integrator(services.signer) if services.signer is not None else None
         by = finance_user()
         with transaction() as conn:
             close = service.close_period(

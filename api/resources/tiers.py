@@ -20,7 +20,7 @@ from flask import current_app
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from api.auth import current_credential, requires
+from api.auth import audit, current_credential, requires
 from api.schemas import TierChangeSchema, TierFloorRequest, TierLevelsSchema, TierStatusSchema
 from partners import tiers
 from partners.errors import UnknownMember
@@ -93,7 +93,7 @@ class TierLevels(MethodView):
             for rank, level in enumerate(data["levels"])
         ]
         with _db().transaction() as conn:
-            # audit: tier levels replaced
+            audit(conn, "tiers.set", "program")
             return _levels_json(tiers.set_tier_levels(conn, levels))
 
 
@@ -129,7 +129,7 @@ class TierFloor(MethodView):
         """Keep the member at or above a level (null lifts the floor), for a recorded reason."""
         credential = current_credential()
         with _db().transaction() as conn:
-            # audit: tier floor set
+            audit(conn, "tier_floor.set", member_id, reason=data["reason"])
             change = tiers.set_floor(conn, member_id, data["tier"], data["reason"],
                                      credential.staff or credential.id, datetime.now(UTC))
         return _change_json(change), 201
