@@ -28,6 +28,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
+from ledger.canonical import format_timestamp
 from ledger.errors import (
     BusinessRefusal,
     CaptureExceedsHold,
@@ -77,7 +78,6 @@ def request_evidence(attributes: Mapping[str, Any] | None) -> Iterator[None]:
         yield
     finally:
         _evidence.reset(token)
-
 
 
 def utc_now() -> datetime:
@@ -317,7 +317,7 @@ class Ledger:
                 business_time,
                 now,
                 partner=at,
-                attributes={"hold_expires_at": _iso(now + ttl)},
+                attributes={"hold_expires_at": format_timestamp(now + ttl)},
             )
 
         return self._idempotent(store, actor, key, request, decide)
@@ -1015,10 +1015,6 @@ def _copy_lots(store: LedgerStore, moves: Sequence[LotMove], member: str) -> lis
     ]
 
 
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 @dataclass(frozen=True, slots=True)
 class _Fingerprint:
     request: dict[str, Any]
@@ -1027,16 +1023,17 @@ class _Fingerprint:
 
 def _fingerprint(request: Mapping[str, Any]) -> _Fingerprint:
     """The request in a stable JSON form and its SHA-256, to recognise a retry."""
-    normal = json.loads(json.dumps(request, sort_keys=True, default=_json_default))
+    normal = json.loads(json.dumps(request, sort_keys=True, default=request_json_default))
     digest = hashlib.sha256(json.dumps(normal, sort_keys=True).encode()).digest()
     return _Fingerprint(normal, digest)
 
 
-def _json_default(value: Any) -> Any:
+def request_json_default(value: Any) -> Any:
+    """JSON for the times and ids of a request, so a retry fingerprints the same way."""
     if isinstance(value, datetime):
         if value.tzinfo is None:
             raise InvalidRequest("times must carry a timezone")
-        return _iso(value)
+        return format_timestamp(value)
     if isinstance(value, UUID):
         return str(value)
     raise InvalidRequest(f"cannot use a {type(value).__name__} in a request")

@@ -35,7 +35,7 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, NoReturn
 from uuid import UUID, uuid4
@@ -54,7 +54,7 @@ from ledger.errors import (
 from ledger.model import PROGRAM, Entry, EntryKind, member_account
 from ledger.numbers import parse_amount
 from ledger.repository import SqlLedgerStore
-from ledger.service import Actor, Booking, Ledger, Policy
+from ledger.service import Actor, Booking, Ledger, Policy, request_json_default
 from partners import directory, members, tiers
 from partners import tables as t
 from partners.errors import PartnersError
@@ -1000,20 +1000,10 @@ class _Request:
 
 def _request(op: str, **fields: Any) -> _Request:
     normal = json.loads(
-        json.dumps({"op": _OP + op, **fields}, sort_keys=True, default=_json_default)
+        json.dumps({"op": _OP + op, **fields}, sort_keys=True, default=request_json_default)
     )
     digest = hashlib.sha256(json.dumps(normal, sort_keys=True).encode()).digest()
     return _Request(normal, digest)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, datetime):
-        if value.utcoffset() is None:
-            raise InvalidRequest("times must carry a timezone")
-        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    if isinstance(value, UUID):
-        return str(value)
-    raise InvalidRequest(f"cannot use a {type(value).__name__} in a request")
 
 
 def _prior(conn: Connection, actor: Actor, key: str) -> sa.Row | None:
