@@ -97,7 +97,23 @@ class ProfileViolation:
 
 
 def canonical_bytes(value: object) -> bytes:
-    """Return the RFC 8785 bytes of ``value``, or raise ProfileError naming every violation."""
+    """Return the RFC 8785 bytes of ``value``, or raise ProfileError naming every violation.
+
+    The common case takes a fast path: one walk that validates the profile and copies the value
+    into plain JSON types, then the C JSON encoder, which yields exactly the RFC 8785 bytes when
+    every object key is ASCII (:func:`_fast_copy` says why). Anything else (a violation, a ``str``
+    subclass, a non-ASCII key) takes the exact path: the validating walk that names every
+    violation by its JSON path, and the reference RFC 8785 serialiser.
+    """
+    keys_ascii = [True]
+    try:
+        plain = _fast_copy(value, 0, keys_ascii)
+    except _Outside:
+        pass
+    else:
+        if keys_ascii[0]:
+            return _FAST_ENCODE(plain).encode("utf-8")
+        return rfc8785.dumps(plain)
     violations: list[ProfileViolation] = []
     plain = _to_profile(value, "$", 0, violations)
     if violations:
@@ -107,6 +123,60 @@ def canonical_bytes(value: object) -> bytes:
             computed=[str(v) for v in violations],
         )
     return rfc8785.dumps(plain)
+
+
+class _Outside(Exception):
+    """The fast walk met something it does not decide: the exact walk will."""
+
+
+# RFC 8785 serialises strings like ECMAScript's JSON.stringify: UTF-8 as is, escaping only
+# '"', '\\' and the C0 controls (\b \t \n \f \r short, the rest as lowercase \u00xx), which is
+# what CPython's encoder does with ensure_ascii=False. Integers within ±(2**53 - 1) print as
+# their decimal digits in both. Keys: RFC 8785 sorts by UTF-16 code units, Python by code
+# points; the two orders agree on ASCII keys, so only those take this encoder.
+_FAST_ENCODE = json.JSONEncoder(
+    ensure_ascii=False,
+    sort_keys=True,
+    separators=(",", ":"),
+    check_circular=False,
+    allow_nan=False,
+).encode
+
+
+def _fast_copy(value: object, depth: int, keys_ascii: list[bool]) -> JsonValue:
+    """Copy a profile value into plain JSON types; raise :class:`_Outside` at anything doubtful.
+
+    Only exact built-in types are taken (a subclass, an enum member, goes the exact way), and
+    ASCII text needs no check (it is valid UTF-8 and NFC). Clears ``keys_ascii[0]`` when a key
+    is not ASCII.
+    """
+    if depth > MAX_DEPTH:
+        raise _Outside
+    kind = type(value)
+    if kind is str:
+        if value.isascii() or _text_problem(value) is None:  # type: ignore[attr-defined]
+            return value  # type: ignore[return-value]
+        raise _Outside
+    if kind is int:
+        if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:  # type: ignore[operator]
+            return value  # type: ignore[return-value]
+        raise _Outside
+    if value is None or kind is bool:
+        return value  # type: ignore[return-value]
+    if kind is dict:
+        plain: dict[str, JsonValue] = {}
+        for key, item in value.items():  # type: ignore[attr-defined]
+            if type(key) is not str:
+                raise _Outside
+            if not key.isascii():
+                if _text_problem(key) is not None:
+                    raise _Outside
+                keys_ascii[0] = False
+            plain[key] = _fast_copy(item, depth + 1, keys_ascii)
+        return plain
+    if kind is list or kind is tuple:
+        return [_fast_copy(item, depth + 1, keys_ascii) for item in value]  # type: ignore[attr-defined]
+    raise _Outside
 
 
 def profile_violations(value: object) -> list[ProfileViolation]:

@@ -57,6 +57,17 @@ class IdempotencyRecord:
     refusal: dict[str, Any] | None
 
 
+@dataclass(frozen=True, slots=True)
+class EntryRows:
+    """An entry as stored: its ``entries`` row and its postings, opened lots, moves, releases."""
+
+    entry: Any
+    postings: list[Any]
+    lots: list[Any]
+    moves: list[Any]
+    releases: list[UUID]
+
+
 class LedgerStore(Protocol):
     """What the ledger service needs from storage, inside one transaction."""
 
@@ -365,6 +376,52 @@ class SqlLedgerStore:
             for row in (rows[i] for i in ids if i in rows)
         ]
 
+    def load_entry_rows(self, ids: Sequence[UUID]) -> list[EntryRows]:
+        """The stored rows of entries, in the order asked (what :meth:`load_entries` reads).
+
+        For readers that turn entries into something else (the integrator's leaf records) and do
+        not need :class:`Entry` objects: the same five set-based queries, no validation pass.
+        """
+        if not ids:
+            return []
+        ids = list(ids)
+        rows = {
+            r.id: r for r in self.conn.execute(sa.select(t.entries).where(t.entries.c.id.in_(ids)))
+        }
+        grouped: dict[UUID, EntryRows] = {
+            i: EntryRows(rows[i], [], [], [], []) for i in ids if i in rows
+        }
+        p = t.postings.c
+        query = (
+            sa.select(p.entry_id, p.account, p.amount)
+            .where(p.entry_id.in_(ids))
+            .order_by(p.entry_id, p.line)
+        )
+        for r in self.conn.execute(query):
+            grouped[r.entry_id].postings.append(r)
+        query = (
+            sa.select(t.lots)
+            .where(t.lots.c.opened_by.in_(ids))
+            .order_by(t.lots.c.opened_by, t.lots.c.funder, t.lots.c.id)
+        )
+        for r in self.conn.execute(query):
+            grouped[r.opened_by].lots.append(r)
+        query = (
+            sa.select(t.lot_moves)
+            .where(t.lot_moves.c.entry_id.in_(ids))
+            .order_by(t.lot_moves.c.entry_id, t.lot_moves.c.line)
+        )
+        for r in self.conn.execute(query):
+            grouped[r.entry_id].moves.append(r)
+        query = (
+            sa.select(t.lot_releases)
+            .where(t.lot_releases.c.entry_id.in_(ids))
+            .order_by(t.lot_releases.c.entry_id, t.lot_releases.c.lot_id)
+        )
+        for r in self.conn.execute(query):
+            grouped[r.entry_id].releases.append(r.lot_id)
+        return [grouped[i] for i in ids if i in grouped]
+
     def book(self, entry: Entry, shards: int) -> None:
         """Write an entry and every cache it changes; its queue row goes last."""
         self.require_accounts(p.account for p in entry.postings)
@@ -464,6 +521,10 @@ class SqlLedgerStore:
         net: dict[str, int] = {}
         for posting in postings:
             net[posting.account] = net.get(posting.account, 0) + posting.amount
+        self._apply_net(net, shards)
+
+    def _apply_net(self, net: dict[str, int], shards: int) -> None:
+        """Add each account's net change to one of its balance rows (one upsert for all)."""
         updates = sorted(
             (code, 0 if Account.parse(code).never_negative else random.randrange(shards), amount)  # noqa: S311
             for code, amount in net.items()
@@ -509,3 +570,468 @@ def _insert(conn: Connection) -> Any:
     else:
         from sqlalchemy.dialects.sqlite import insert
     return insert
+
+
+# -- set-based booking ----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Claim:
+    """An idempotency key claimed inside a :class:`BufferedStore`, written at flush."""
+
+    credential: str
+    key: str
+    request_hash: bytes
+    request: dict[str, Any]
+    entry_id: UUID | None
+    refusal: dict[str, Any] | None
+    created_at: datetime
+
+
+class BufferedStore:
+    """A :class:`LedgerStore` that books many commands with a constant number of statements.
+
+    It reads through to a :class:`SqlLedgerStore` once per account, member, hold or key (or in one
+    query for all of them with :meth:`prefetch`), answers every later read from memory, and keeps
+    every write in memory until :meth:`flush` writes them all in one ``executemany`` per table:
+    entries, postings, lots (at their final remainder), lot moves and releases, holds (at their
+    final status), idempotency records (claims and refusals), summed balance deltas (one upsert
+    per account) and queue rows in booking order. The commands run unchanged against it, so each
+    one decides exactly as it would alone, in the order the caller runs them.
+
+    It belongs to the caller's one transaction, like the store it wraps; nothing else may write
+    the same accounts, lots, holds or keys through another store until it is flushed. On
+    PostgreSQL the accounts it reads are locked ``FOR UPDATE`` as the wrapped store locks them (all
+    prefetched members at once, in sorted order; an account first read later is locked then, so
+    prefetch every member a batch touches to keep the global lock order); a key claimed
+    concurrently by another
+    transaction makes the flush fail with an integrity error and the whole batch roll back, and a
+    retry then replays it.
+    """
+
+    def __init__(self, store: SqlLedgerStore) -> None:
+        self.inner = store
+        self.conn = store.conn
+        self._balances: dict[str, int] = {}
+        self._known: set[str] = set()
+        self._member_lots: dict[str, dict[UUID, list[Any]]] = {}
+        """member → lot id → [Lot, remaining, pending] (every lot of the member with points)."""
+        self._lot_index: dict[UUID, list[Any]] = {}
+        self._orphans: dict[str, dict[UUID, list[Any]]] = {}
+        self._holds: dict[UUID, HoldState | None] = {}
+        self._keys: dict[tuple[str, str], _Claim | None] = {}
+        """Keys looked up: a claim of this batch, or ``None`` if recorded before the batch."""
+        self._absent: set[tuple[str, str]] = set()
+        """Keys looked up and not recorded before the batch."""
+        self._entries: list[Entry] = []
+        self._entry_index: dict[UUID, Entry] = {}
+        self._new_lots: dict[UUID, list[Any]] = {}
+        self._new_holds: dict[UUID, dict[str, Any]] = {}
+        self._closed_holds: dict[UUID, tuple[str, UUID]] = {}
+        self._lot_deltas: dict[UUID, int] = {}
+        self._released: set[UUID] = set()
+        self._net: dict[str, int] = {}
+
+    # -- reading through, once ------------------------------------------------------------------
+
+    def prefetch(
+        self,
+        *,
+        members: Iterable[str] = (),
+        keys: Iterable[tuple[str, str]] = (),
+        holds: Iterable[UUID] = (),
+        spenders: Iterable[str] = (),
+    ) -> None:
+        """Load (and lock) what a batch will touch in a few set-based queries.
+
+        ``members``: their accounts' balances; ``spenders``: also every lot they hold (what a
+        debit consumes); ``holds``: the holds, their members' accounts and lots.
+        """
+        hold_ids = [h for h in dict.fromkeys(holds) if h not in self._holds]
+        if hold_ids:
+            rows = self.conn.execute(sa.select(t.holds).where(t.holds.c.entry_id.in_(hold_ids)))
+            found = {row.entry_id: row for row in rows}
+            for hold_id in hold_ids:
+                row = found.get(hold_id)
+                self._holds[hold_id] = None if row is None else _hold_state(row)
+            spenders = [*spenders, *(row.member for row in found.values())]
+        spenders = sorted({m for m in spenders if m not in self._member_lots})
+        self._load_accounts(
+            [
+                f"member:{m}:{role}"
+                for m in {*members, *spenders}
+                for role in ("available", "held", "pending")
+            ]
+        )
+        for start in range(0, len(spenders), 900):
+            chunk = spenders[start : start + 900]
+            for member in chunk:
+                self._member_lots[member] = self._orphans.pop(member, {})
+            query = sa.select(t.lots).where(t.lots.c.member.in_(chunk), t.lots.c.remaining > 0)
+            for row in self.conn.execute(query):
+                state = _lot_state(row)
+                self._track_lot(state.lot, state.remaining, state.pending)
+        pairs = [k for k in dict.fromkeys(keys) if k not in self._keys and k not in self._absent]
+        if pairs:
+            i = t.idempotency.c
+            for start in range(0, len(pairs), 500):
+                chunk = pairs[start : start + 500]
+                query = sa.select(i.credential, i.key).where(
+                    sa.tuple_(i.credential, i.key).in_(chunk)
+                )
+                found_keys = {(row[0], row[1]) for row in self.conn.execute(query)}
+                for pair in chunk:
+                    if pair in found_keys:
+                        self._keys[pair] = None
+                    else:
+                        self._absent.add(pair)
+
+    def _load_accounts(self, codes: Sequence[str]) -> None:
+        wanted = sorted(set(codes) - set(self._balances))
+        if not wanted:
+            return
+        for start in range(0, len(wanted), 900):
+            chunk = wanted[start : start + 900]
+            locked = [c for c in chunk if Account.parse(c).never_negative]
+            if locked and self.inner._postgres:
+                self.inner.lock_accounts(locked)
+            query = (
+                sa.select(t.balances.c.account, sa.func.sum(t.balances.c.balance))
+                .where(t.balances.c.account.in_(chunk))
+                .group_by(t.balances.c.account)
+            )
+            for account, total in self.conn.execute(query):
+                self._balances[account] = int(total)
+                self._known.add(account)
+        for code in wanted:
+            if code not in self._balances:
+                raise UnknownAccount(code)
+
+    def _track_lot(self, lot: Lot, remaining: int, pending: bool) -> list[Any]:
+        """The working state of a lot; the first state seen wins (later reads are stale)."""
+        state = self._lot_index.get(lot.id)
+        if state is None:
+            state = self._lot_index[lot.id] = [lot, remaining, pending]
+        # A lot read by id before its member was loaded waits to join the member's working set.
+        group = self._member_lots if lot.member in self._member_lots else self._orphans
+        group.setdefault(lot.member, {})[lot.id] = state
+        return state
+
+    def _lots_of(self, member: str) -> dict[UUID, list[Any]]:
+        if member not in self._member_lots:
+            self.prefetch(spenders=[member])
+        return self._member_lots[member]
+
+    # -- LedgerStore ----------------------------------------------------------------------------
+
+    def open_accounts(self, codes: Sequence[str], now: datetime, shards: int) -> None:
+        self.inner.open_accounts(codes, now, shards)
+
+    def lock_accounts(self, codes: Sequence[str]) -> dict[str, int]:
+        return self.balances(sorted(set(codes)))
+
+    def balances(self, codes: Sequence[str]) -> dict[str, int]:
+        missing = [c for c in codes if c not in self._balances]
+        if missing:
+            self._load_accounts(missing)
+        return {code: self._balances[code] for code in codes}
+
+    def balance(self, code: str) -> int:
+        return self.balances([code])[code]
+
+    def balance_as_of(self, code: str, as_of: datetime) -> int:
+        booked = sum(
+            p.amount
+            for entry in self._entries
+            if entry.booked_at <= as_of
+            for p in entry.postings
+            if p.account == code
+        )
+        return self.inner.balance_as_of(code, as_of) + booked
+
+    def require_accounts(self, codes: Iterable[str]) -> None:
+        missing = set(codes) - self._known
+        if missing:
+            self.inner.require_accounts(missing)
+            self._known.update(missing)
+
+    def spendable_lots(self, member: str) -> list[LotState]:
+        states = [s for s in self._lots_of(member).values() if s[1] > 0 and not s[2]]
+        # The SQL store's order: earliest expiry first, never-expiring last, then age, then id.
+        states.sort(
+            key=lambda s: (
+                s[0].expires_at is None,
+                s[0].expires_at or s[0].earned_at,
+                s[0].earned_at,
+                s[0].id,
+            )
+        )
+        return [LotState(s[0], s[1], s[2]) for s in states]
+
+    def pending_lots(self, member: str) -> list[LotState]:
+        states = [s for s in self._lots_of(member).values() if s[1] > 0 and s[2]]
+        states.sort(key=lambda s: (s[0].pending_until, s[0].id))
+        return [LotState(s[0], s[1], s[2]) for s in states]
+
+    def lots(self, ids: Sequence[UUID]) -> list[LotState]:
+        missing = [i for i in ids if i not in self._lot_index]
+        for state in self.inner.lots(missing) if missing else ():
+            # A spent lot is not in the member's working set; tracking it keeps later moves exact.
+            self._track_lot(state.lot, state.remaining, state.pending)
+        return [LotState(*self._lot_index[i]) for i in ids]
+
+    def reversed_points(self, entry_id: UUID) -> int:
+        before = 0 if entry_id in self._entry_index else self.inner.reversed_points(entry_id)
+        return before + sum(
+            -m.delta
+            for e in self._entries
+            if e.refers_to == entry_id and e.kind is EntryKind.EARN_REVERSAL
+            for m in e.lot_moves
+        )
+
+    def restored_points(self, entry_id: UUID) -> dict[UUID, int]:
+        restored = {} if entry_id in self._entry_index else self.inner.restored_points(entry_id)
+        for e in self._entries:
+            if e.refers_to == entry_id and e.kind is EntryKind.BURN_REVERSAL:
+                for m in e.lot_moves:
+                    restored[m.lot_id] = restored.get(m.lot_id, 0) + m.delta
+        return restored
+
+    def hold(self, hold_id: UUID) -> HoldState | None:
+        if hold_id not in self._holds:
+            self.prefetch(holds=[hold_id])
+        return self._holds[hold_id]
+
+    def claim_key(
+        self, credential: str, key: str, fingerprint: Any, entry_id: UUID, now: datetime
+    ) -> bool:
+        pair = (credential, key)
+        if pair not in self._keys and pair not in self._absent:
+            self.prefetch(keys=[pair])
+        if pair in self._keys:
+            return False
+        self._keys[pair] = _Claim(
+            credential, key, fingerprint.digest, fingerprint.request, entry_id, None, now
+        )
+        return True
+
+    def is_new_key(self, credential: str, key: str) -> bool:
+        """Whether the key is neither recorded nor claimed yet (what a claim would answer)."""
+        pair = (credential, key)
+        if pair not in self._keys and pair not in self._absent:
+            self.prefetch(keys=[pair])
+        return pair not in self._keys
+
+    def idempotency_record(self, credential: str, key: str) -> IdempotencyRecord:
+        claim = self._keys.get((credential, key))
+        if claim is None:
+            return self.inner.idempotency_record(credential, key)
+        return IdempotencyRecord(claim.request, claim.request_hash, claim.entry_id, claim.refusal)
+
+    def record_refusal(self, credential: str, key: str, refusal: BusinessRefusal) -> None:
+        claim = self._keys.get((credential, key))
+        if claim is None:
+            self.inner.record_refusal(credential, key, refusal)
+            return
+        claim.entry_id = None
+        claim.refusal = {
+            "code": refusal.code,
+            "message": refusal.message,
+            "fields": refusal.fields(),
+        }
+
+    def load_entry(self, entry_id: UUID) -> Entry:
+        found = self.load_entries([entry_id])
+        if not found:
+            raise UnknownEntry(entry_id)
+        return found[0]
+
+    def load_entries(self, ids: Sequence[UUID]) -> list[Entry]:
+        stored = {
+            e.id: e for e in self.inner.load_entries([i for i in ids if i not in self._entry_index])
+        }
+        stored.update((i, self._entry_index[i]) for i in ids if i in self._entry_index)
+        return [stored[i] for i in ids if i in stored]
+
+    def book(self, entry: Entry, shards: int) -> None:
+        """Apply an entry to the working state; its rows are written by :meth:`flush`."""
+        self.require_accounts(p.account for p in entry.postings)
+        self._entries.append(entry)
+        self._entry_index[entry.id] = entry
+        for posting in entry.postings:
+            if posting.account in self._balances:
+                self._balances[posting.account] += posting.amount
+            self._net[posting.account] = self._net.get(posting.account, 0) + posting.amount
+        for lot in entry.opened_lots:
+            self._new_lots[lot.id] = self._track_lot(lot, lot.amount, lot.pending_until is not None)
+        for move in entry.lot_moves:
+            self.lots([move.lot_id])
+            self._lot_index[move.lot_id][1] += move.delta
+            if move.lot_id not in self._new_lots:
+                self._lot_deltas[move.lot_id] = self._lot_deltas.get(move.lot_id, 0) + move.delta
+        for lot_id in entry.released_lots:
+            self.lots([lot_id])
+            self._lot_index[lot_id][2] = False
+            if lot_id not in self._new_lots:
+                self._released.add(lot_id)
+        if entry.kind is EntryKind.HOLD:
+            held = next(p for p in entry.postings if p.account.endswith(":held"))
+            expires = datetime.fromisoformat(str(entry.attributes["hold_expires_at"]))
+            member = Account.parse(held.account).owner
+            assert member is not None
+            assert entry.partner is not None
+            self._holds[entry.id] = HoldState(
+                entry.id, member, entry.partner, held.amount, "open", expires
+            )
+            self._new_holds[entry.id] = {
+                "entry_id": entry.id,
+                "member": member,
+                "partner": entry.partner,
+                "amount": held.amount,
+                "status": "open",
+                "expires_at": expires,
+                "closed_by": None,
+            }
+        elif entry.kind in (EntryKind.CAPTURE, EntryKind.VOID):
+            assert entry.refers_to is not None
+            status = "captured" if entry.kind is EntryKind.CAPTURE else "voided"
+            hold = self.hold(entry.refers_to)
+            if hold is not None:
+                self._holds[entry.refers_to] = HoldState(
+                    hold.entry_id, hold.member, hold.partner, hold.amount, status, hold.expires_at
+                )
+            if entry.refers_to in self._new_holds:
+                self._new_holds[entry.refers_to].update(status=status, closed_by=entry.id)
+            else:
+                self._closed_holds[entry.refers_to] = (status, entry.id)
+
+    def mark(self) -> int:
+        """A point to :meth:`undo_claims` back to (the number of keys looked up so far)."""
+        return len(self._keys)
+
+    def undo_claims(self, mark: int) -> None:
+        """Forget the keys claimed after ``mark`` (a command that failed without a refusal)."""
+        for pair in list(self._keys)[mark:]:
+            if self._keys[pair] is not None:
+                del self._keys[pair]
+
+    @property
+    def booked(self) -> list[Entry]:
+        """Entries booked since the last flush, in booking order."""
+        return list(self._entries)
+
+    # -- writing, once ----------------------------------------------------------------------------
+
+    def flush(self, shards: int) -> None:
+        """Write everything booked and claimed so far: one statement per table."""
+        conn, entries = self.conn, self._entries
+        claims = [c for c in self._keys.values() if c is not None]
+        if claims:
+            conn.execute(
+                t.idempotency.insert(),
+                [
+                    {
+                        "credential": c.credential,
+                        "key": c.key,
+                        "request_hash": c.request_hash,
+                        "request": c.request,
+                        "entry_id": c.entry_id,
+                        "refusal": c.refusal,
+                        "created_at": c.created_at,
+                    }
+                    for c in claims
+                ],
+            )
+            # Flushed claims are records now: a later replay reads them from the database.
+            for claim in claims:
+                self._keys[(claim.credential, claim.key)] = None
+        if entries:
+            conn.execute(t.entries.insert(), [_entry_row(e) for e in entries])
+            conn.execute(
+                t.postings.insert(),
+                [
+                    {"entry_id": e.id, "line": line, "account": p.account, "amount": p.amount}
+                    for e in entries
+                    for line, p in enumerate(e.postings)
+                ],
+            )
+            opened = [(e.id, lot) for e in entries for lot in e.opened_lots]
+            if opened:
+                conn.execute(
+                    t.lots.insert(),
+                    [
+                        {
+                            "id": lot.id,
+                            "opened_by": entry_id,
+                            "member": lot.member,
+                            "funder": lot.funder,
+                            "amount": lot.amount,
+                            "earned_at": lot.earned_at,
+                            "expires_at": lot.expires_at,
+                            "price_version": lot.price_version,
+                            "pending_until": lot.pending_until,
+                            "remaining": self._lot_index[lot.id][1],
+                            "pending": self._lot_index[lot.id][2],
+                        }
+                        for entry_id, lot in opened
+                    ],
+                )
+            moves = [
+                {"entry_id": e.id, "lot_id": m.lot_id, "line": line, "delta": m.delta}
+                for e in entries
+                for line, m in enumerate(e.lot_moves)
+            ]
+            if moves:
+                conn.execute(t.lot_moves.insert(), moves)
+            deltas = sorted((lot_id, d) for lot_id, d in self._lot_deltas.items() if d)
+            if deltas:
+                conn.execute(
+                    t.lots.update()
+                    .where(t.lots.c.id == sa.bindparam("lot"))
+                    .values(remaining=t.lots.c.remaining + sa.bindparam("delta")),
+                    [{"lot": lot_id, "delta": d} for lot_id, d in deltas],
+                )
+            releases = [{"entry_id": e.id, "lot_id": i} for e in entries for i in e.released_lots]
+            if releases:
+                conn.execute(t.lot_releases.insert(), releases)
+            if self._released:
+                conn.execute(
+                    t.lots.update().where(t.lots.c.id == sa.bindparam("lot")).values(pending=False),
+                    [{"lot": lot_id} for lot_id in sorted(self._released)],
+                )
+            if self._new_holds:
+                conn.execute(t.holds.insert(), list(self._new_holds.values()))
+            if self._closed_holds:
+                conn.execute(
+                    t.holds.update()
+                    .where(t.holds.c.entry_id == sa.bindparam("hold"))
+                    .values(status=sa.bindparam("new_status"), closed_by=sa.bindparam("by")),
+                    [
+                        {"hold": hold, "new_status": status, "by": by}
+                        for hold, (status, by) in sorted(self._closed_holds.items())
+                    ],
+                )
+            self.inner._apply_net(self._net, shards)
+            conn.execute(t.journal_queue.insert(), [{"entry_id": e.id} for e in entries])
+        self._entries, self._entry_index = [], {}
+        self._new_lots, self._new_holds, self._closed_holds = {}, {}, {}
+        self._lot_deltas, self._released, self._net = {}, set(), {}
+
+
+def _hold_state(row: Any) -> HoldState:
+    return HoldState(row.entry_id, row.member, row.partner, row.amount, row.status, row.expires_at)
+
+
+def _entry_row(entry: Entry) -> dict[str, Any]:
+    return {
+        "id": entry.id,
+        "kind": entry.kind.value,
+        "business_time": entry.business_time,
+        "booked_at": entry.booked_at,
+        "partner": entry.partner,
+        "credential": entry.credential,
+        "idempotency_key": entry.idempotency_key,
+        "refers_to": entry.refers_to,
+        "reason": entry.reason,
+        "attributes": dict(entry.attributes),
+    }

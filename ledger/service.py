@@ -36,6 +36,7 @@ from ledger.errors import (
     IdempotencyConflict,
     InsufficientPoints,
     InvalidRequest,
+    LedgerError,
     NotReversible,
     ReversalExceedsOriginal,
     UnknownEntry,
@@ -55,7 +56,7 @@ from ledger.model import (
     partner_account,
 )
 from ledger.numbers import parse_amount
-from ledger.repository import HoldState, LedgerStore, LotState
+from ledger.repository import BufferedStore, HoldState, LedgerStore, LotState, SqlLedgerStore
 
 Clock = Callable[[], datetime]
 
@@ -125,6 +126,26 @@ class Booking:
     replayed: bool = False
 
 
+#: The commands :meth:`Ledger.book_many` books (the keyed ones; jobs go through :meth:`batch`).
+BULK_COMMANDS = frozenset(
+    {"earn", "burn", "hold", "capture", "void", "reverse", "transfer", "adjust", "forfeit", "post"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One keyed command for :meth:`Ledger.book_many`: the method, who asks, the key, its arguments.
+
+    ``params`` are the keyword arguments of the method of the same name (``member=``, ``points=``,
+    ``business_time=``, ...).
+    """
+
+    op: str
+    actor: Actor
+    key: str
+    params: Mapping[str, Any]
+
+
 class Ledger:
     """The kernel's commands, queries and jobs over a store bound to one transaction."""
 
@@ -151,6 +172,66 @@ class Ledger:
         codes = [partner_account(partner, role) for role in PARTNER_ROLES]
         store.open_accounts(codes, self.clock(), self.policy.shards)
         return codes
+
+    # -- many commands in one transaction -------------------------------------------------------
+
+    @contextmanager
+    def batch(self, store: SqlLedgerStore) -> Iterator[BufferedStore]:
+        """A store on which any number of commands and jobs run with a constant number of writes.
+
+        Every command called with the yielded store decides exactly as it would alone, in call
+        order (balances, lots, holds and keys it reads include what earlier calls booked), but
+        its rows are written in one statement per table when the block ends (or at
+        :meth:`~ledger.repository.BufferedStore.flush`). Use it inside ONE transaction; a
+        refusal leaves only its idempotency record, as it does alone. Nothing is written if the
+        block raises.
+        """
+        buffered = BufferedStore(store)
+        yield buffered
+        buffered.flush(self.policy.shards)
+
+    def book_many(
+        self, store: SqlLedgerStore, commands: Sequence[Command]
+    ) -> list[Booking | LedgerError]:
+        """Book independent keyed commands in order, in the caller's one transaction.
+
+        Returns, per command, its :class:`Booking` (``replayed`` for a key seen before, in the
+        database or earlier in the list) or the error that refused it: a business refusal is
+        recorded under its key exactly as alone; an invalid request records nothing. Writes one
+        statement per table for the whole list, after reading the members, holds and keys it
+        names in a few queries (and, on PostgreSQL, locking the members' accounts, sorted).
+        """
+        for command in commands:
+            if command.op not in BULK_COMMANDS:
+                raise InvalidRequest(f"book_many cannot run {command.op!r}")
+        results: list[Booking | LedgerError] = []
+        with self.batch(store) as buffered:
+            named = [m for c in commands for m in _members_named(c.params)]
+            buffered.prefetch(
+                members=named,
+                spenders=[
+                    m
+                    for c in commands
+                    if c.op not in ("earn", "post")
+                    for m in _members_named(c.params)
+                ],
+                holds=[c.params["hold_id"] for c in commands if "hold_id" in c.params],
+                keys=[
+                    (c.actor.idempotency_scope, c.key) for c in commands if isinstance(c.key, str)
+                ],
+            )
+            for command in commands:
+                method = getattr(self, command.op)
+                mark = buffered.mark()
+                try:
+                    results.append(method(buffered, command.actor, command.key, **command.params))
+                except BusinessRefusal as refusal:
+                    results.append(refusal)
+                except LedgerError as error:
+                    # Alone, this error rolls its transaction back: nothing of it may remain.
+                    buffered.undo_claims(mark)
+                    results.append(error)
+        return results
 
     # -- commands -------------------------------------------------------------------------------
 
@@ -975,6 +1056,15 @@ class Ledger:
             reason=reason,
             partner=original.partner,
         )
+
+
+def _members_named(params: Mapping[str, Any]) -> list[str]:
+    """The members a command's arguments name (what :meth:`Ledger.book_many` loads up front)."""
+    return [
+        params[name]
+        for name in ("member", "from_member", "to_member")
+        if isinstance(params.get(name), str)
+    ]
 
 
 def _source_of(funder: str) -> str:

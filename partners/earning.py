@@ -48,6 +48,7 @@ from ledger.errors import (
     BusinessRefusal,
     IdempotencyConflict,
     InvalidRequest,
+    LedgerError,
     NotReversible,
     UnknownEntry,
 )
@@ -440,6 +441,361 @@ def _earn(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Purchase:
+    """One purchase for :func:`earn_purchases`: the arguments of :func:`earn_purchase`."""
+
+    actor: Actor
+    key: str
+    member: str
+    basket: Basket
+    business_time: datetime
+
+
+def earn_purchases(
+    conn: Connection,
+    purchases: Sequence[Purchase],
+    *,
+    now: datetime,
+    ledger: Ledger | None = None,
+) -> list[EarnResult | LedgerError]:
+    """Book many purchases in the caller's one transaction, each exactly as :func:`earn_purchase`.
+
+    Per purchase: its :class:`EarnResult`, or the error that refused it (a business refusal is
+    recorded under its key, as alone). The rules are the same and run in list order — the
+    contract, campaigns, tier (raised at once by an earlier purchase of the list), campaign caps
+    and return window of each purchase — but what they read is read once per partner and once
+    for all the members, and the kernel books every entry through one
+    :meth:`~ledger.service.Ledger.batch`. A key seen before (in the database or earlier in the
+    list), or a programme with a daily earn cap, takes the one-by-one path for that purchase.
+    """
+    kernel = _kernel(ledger, now)
+    results: list[EarnResult | LedgerError] = []
+    if abuse_controls(conn).earn_per_day is not None:
+        # The cap counts the day's earns from the journal: book one by one so each sees the last.
+        for purchase in purchases:
+            results.append(_one_purchase(conn, purchase, now, ledger))
+        return results
+    levels = tiers.tier_levels(conn)
+    policy = expiry_policy(conn)
+    ids = sorted({p.member for p in purchases})
+    statuses = _member_statuses(conn, ids)
+    held = _latest_tiers(conn, ids)
+    seen_keys: set[tuple[str, str]] = set()
+    partner_checks: dict[str, BusinessRefusal | None] = {}
+    contracts: dict[tuple[str, datetime], directory.Contract | LedgerError] = {}
+    campaigns: dict[tuple[str, datetime], list[Campaign]] = {}
+    awarded: dict[str, dict[str, int]] = {}
+    window = _TierWindow(conn, ids)
+    touched: dict[str, datetime] = {}
+    awards: list[dict[str, Any]] = []
+
+    def can_issue(code: str) -> None:
+        if code not in partner_checks:
+            try:
+                directory.require_can_issue(conn, code)
+                partner_checks[code] = None
+            except BusinessRefusal as refusal:
+                partner_checks[code] = refusal
+        refusal = partner_checks[code]
+        if refusal is not None:
+            raise refusal
+
+    with kernel.batch(SqlLedgerStore(conn)) as store:
+        store.prefetch(members=ids, keys=[(p.actor.idempotency_scope, p.key) for p in purchases])
+        for purchase in purchases:
+            scope = (purchase.actor.idempotency_scope, purchase.key)
+            if not store.is_new_key(*scope) or scope in seen_keys:
+                # A retry: flush, then let the one-by-one path compare it with its record.
+                store.flush(kernel.policy.shards)
+                window.reset()
+                results.append(_one_purchase(conn, purchase, now, ledger))
+                continue
+            seen_keys.add(scope)
+            try:
+                partner = _acting_partner(purchase.actor)
+                _check_key(purchase.key)
+                request = _request(
+                    "earn_purchase",
+                    partner=partner,
+                    member=purchase.member,
+                    basket=_basket_json(purchase.basket),
+                    business_time=purchase.business_time,
+                )
+            except LedgerError as error:
+                results.append(error)
+                continue
+            try:
+                if purchase.member not in statuses:
+                    members.member(conn, purchase.member)  # raises UnknownMember
+            except LedgerError as error:
+                results.append(error)  # as alone: raised before the key is looked at
+                continue
+            try:
+                can_issue(partner)
+                if statuses[purchase.member] != "active":
+                    raise MemberNotActive(purchase.member, statuses[purchase.member])
+                at = purchase.business_time
+                if (partner, at) not in contracts:
+                    try:
+                        contracts[(partner, at)] = directory.contract_at(conn, partner, at)
+                    except LedgerError as error:
+                        contracts[(partner, at)] = error
+                contract = contracts[(partner, at)]
+                if isinstance(contract, LedgerError):
+                    raise contract
+                if (partner, at) not in campaigns:
+                    campaigns[(partner, at)] = active_campaigns(conn, partner, at)
+                offers = campaigns[(partner, at)]
+                if purchase.member not in awarded:
+                    awarded.update(_campaign_points(conn, ids, offers))
+                so_far = awarded.setdefault(purchase.member, {})
+                tier = _tier_named(
+                    levels, held[purchase.member][0] if purchase.member in held else None
+                )
+                quote = quote_earn(
+                    purchase.basket,
+                    EarnTerms(
+                        contract_version=contract.version,
+                        earn_rate=contract.terms.earn_rate,
+                        category_multipliers=contract.terms.category_multipliers,
+                    ),
+                    partner=partner,
+                    at=at,
+                    campaigns=offers,
+                    tier=tier,
+                    campaign_points_so_far={c.id: so_far.get(c.id, 0) for c in offers},
+                )
+                if quote.total == 0:
+                    results.append(
+                        EarnResult(0, quote.explanation, quote.rule_versions, None, quote)
+                    )
+                    continue
+                for funder in quote.funding:
+                    if funder not in (partner, PROGRAM):
+                        can_issue(funder)
+            except BusinessRefusal as refusal:
+                store.claim_key(*scope, request, uuid4(), now)
+                store.record_refusal(*scope, refusal)
+                results.append(refusal)
+                continue
+            except LedgerError as error:
+                results.append(error)
+                continue
+            pending_days = contract.terms.pending_days
+            booking = kernel.earn(
+                store,
+                purchase.actor,
+                purchase.key,
+                member=purchase.member,
+                funding=quote.funding,
+                business_time=at,
+                pending_until=at + timedelta(days=pending_days) if pending_days else None,
+                expires_at=lot_expiry(at, policy),
+                price_version=contract.price_version,
+                attributes={
+                    "request_digest": request.hex,
+                    "rules": dict(quote.rule_versions),
+                    "explanation": quote.explanation,
+                    "basket_cents": basket_cents(purchase.basket),
+                    "cash_cents": basket_cents(purchase.basket)
+                    - purchase.basket.paid_with_points_cents,
+                },
+            )
+            for line in quote.lines:
+                if line.rule == "campaign" and line.points > 0:
+                    campaign = str(line.version)
+                    so_far[campaign] = so_far.get(campaign, 0) + line.points
+                    awards.append(
+                        {
+                            "campaign_id": campaign,
+                            "entry_id": booking.entry.id,
+                            "member_id": purchase.member,
+                            "points": line.points,
+                            "awarded_at": at,
+                        }
+                    )
+            change = None
+            when = max(now, at)
+            window.add(purchase.member, at, quote.total)
+            if levels:
+                points = window.points(purchase.member, when)
+                change = _upgrade_in_batch(conn, levels, held, purchase.member, points, now)
+            touched[purchase.member] = max(at, touched.get(purchase.member, at))
+            results.append(
+                EarnResult(
+                    quote.total,
+                    quote.explanation,
+                    quote.rule_versions,
+                    booking.entry,
+                    quote,
+                    change,
+                )
+            )
+    if awards:
+        conn.execute(t.campaign_awards.insert(), awards)
+    _touch_activities(conn, touched)
+    return results
+
+
+def _one_purchase(
+    conn: Connection, purchase: Purchase, now: datetime, ledger: Ledger | None
+) -> EarnResult | LedgerError:
+    """One purchase in a savepoint, with :meth:`Database.transaction`'s rules."""
+    savepoint = conn.begin_nested()
+    try:
+        result = earn_purchase(
+            conn,
+            purchase.actor,
+            purchase.key,
+            member=purchase.member,
+            basket=purchase.basket,
+            business_time=purchase.business_time,
+            now=now,
+            ledger=ledger,
+        )
+    except BusinessRefusal as refusal:
+        savepoint.commit()
+        return refusal
+    except LedgerError as error:
+        savepoint.rollback()
+        return error
+    savepoint.commit()
+    return result
+
+
+class _TierWindow:
+    """Points each member earned in the tier window: read once, plus what the batch booked."""
+
+    def __init__(self, conn: Connection, members: Sequence[str]) -> None:
+        self.conn = conn
+        self.members = members
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything read and booked."""
+        self._base: dict[tuple[str, datetime], int] = {}
+        self._booked: dict[str, list[tuple[datetime, int]]] = {}
+
+    def flushed(self) -> None:
+        """The batch's rows are written: what it booked is part of what was read from now on."""
+        for (member, at), base in list(self._base.items()):
+            self._base[(member, at)] = base + self._booked_in_window(member, at)
+        self._booked = {}
+
+    def _booked_in_window(self, member: str, at: datetime) -> int:
+        start = tiers.window_start(at)
+        return sum(p for when, p in self._booked.get(member, ()) if start < when <= at)
+
+    def add(self, member: str, at: datetime, points: int) -> None:
+        self._booked.setdefault(member, []).append((at, points))
+
+    def points(self, member: str, at: datetime) -> int:
+        if (member, at) not in self._base:
+            # One query for every member of the batch (tiers' own computation of the window).
+            wanted = sorted({*self.members, member})
+            found = tiers._points_earned(self.conn, at, wanted)
+            for name in wanted:
+                self._base.setdefault((name, at), found.get(name, 0))
+        return self._base[(member, at)] + self._booked_in_window(member, at)
+
+
+def _upgrade_in_batch(
+    conn: Connection,
+    levels: Sequence[tiers.Tier],
+    latest: dict[str, tuple[str, str | None]],
+    member: str,
+    points: int,
+    now: datetime,
+) -> TierChange | None:
+    """:func:`tiers.upgrade_after_earn` inside a batch, whose entries are not written yet.
+
+    The same decision and history row, from the points of the window that :class:`_TierWindow`
+    knows (the database's plus the batch's) and the member's latest tier and floor; ``latest``
+    follows the change so the member's next earn in the batch uses the new tier.
+    """
+    row = latest.get(member)
+    held = _tier_named(levels, None if row is None else row[0])
+    assert held is not None
+    reached = tiers.tier_for(points, levels)
+    if reached.rank <= held.rank:
+        return None
+    floor = None if row is None else row[1]
+    reason = f"upgrade: {points} points earned in 12 months reach {reached.name}"
+    change = tiers._record(conn, member, reached.name, held.name, floor, reason, now, None)
+    latest[member] = (reached.name, floor)
+    return change
+
+
+def _tier_named(levels: Sequence[tiers.Tier], name: str | None) -> tiers.Tier | None:
+    if not levels:
+        return None
+    return next((tier for tier in levels if tier.name == name), levels[0])
+
+
+def _member_statuses(conn: Connection, ids: Sequence[str]) -> dict[str, str]:
+    m = t.members.c
+    found: dict[str, str] = {}
+    for start in range(0, len(ids), 900):
+        chunk = list(ids[start : start + 900])
+        found.update(
+            (row.id, row.status)
+            for row in conn.execute(sa.select(m.id, m.status).where(m.id.in_(chunk)))
+        )
+    return found
+
+
+def _latest_tiers(conn: Connection, ids: Sequence[str]) -> dict[str, tuple[str, str | None]]:
+    """Each member's tier and floor now (its latest history row, as :mod:`partners.tiers` reads)."""
+    h = t.tier_history.c
+    latest: dict[str, tuple[str, str | None]] = {}
+    for start in range(0, len(ids), 900):
+        chunk = list(ids[start : start + 900])
+        rows = conn.execute(
+            sa.select(h.member_id, h.tier, h.floor)
+            .where(h.member_id.in_(chunk))
+            .order_by(h.member_id, h.changed_at, h.id)
+        )
+        latest.update((row.member_id, (row.tier, row.floor)) for row in rows)
+    return latest
+
+
+def _campaign_points(
+    conn: Connection, ids: Sequence[str], offers: Sequence[Campaign]
+) -> dict[str, dict[str, int]]:
+    """Points each campaign gave each member so far (:func:`campaign_points_so_far`, at once)."""
+    found: dict[str, dict[str, int]] = {member: {} for member in ids}
+    if not offers:
+        return found
+    a = t.campaign_awards.c
+    for start in range(0, len(ids), 900):
+        chunk = list(ids[start : start + 900])
+        rows = conn.execute(
+            sa.select(a.member_id, a.campaign_id, sa.func.sum(a.points))
+            .where(a.member_id.in_(chunk), a.campaign_id.in_([c.id for c in offers]))
+            .group_by(a.member_id, a.campaign_id)
+        )
+        for member, campaign, points in rows:
+            found[member][campaign] = int(points)
+    return found
+
+
+def _touch_activities(conn: Connection, latest: Mapping[str, datetime]) -> None:
+    """:func:`_touch_activity` for many members in one statement."""
+    if not latest:
+        return
+    m = t.members.c
+    conn.execute(
+        t.members.update()
+        .where(
+            m.id == sa.bindparam("member"),
+            sa.or_(m.last_activity_at.is_(None), m.last_activity_at < sa.bindparam("at")),
+        )
+        .values(last_activity_at=sa.bindparam("at")),
+        [{"member": member, "at": at} for member, at in sorted(latest.items())],
+    )
+
+
 def _quote_purchase(
     conn: Connection,
     member: str,
@@ -610,6 +966,235 @@ def engage(
     if isinstance(planned, EngageResult):
         return planned
     return _book_engagement(conn, store, actor, key, planned, now, ledger)
+
+
+@dataclass(frozen=True, slots=True)
+class Engagement:
+    """One engagement event for :func:`engage_many`: the arguments of :func:`engage`."""
+
+    actor: Actor
+    key: str
+    member: str
+    event_type: str
+    event_id: str
+    business_time: datetime
+
+
+def engage_many(
+    conn: Connection,
+    events: Sequence[Engagement],
+    *,
+    now: datetime,
+    ledger: Ledger | None = None,
+) -> list[EngageResult | LedgerError]:
+    """Reward many engagement events in the caller's one transaction, each as :func:`engage`.
+
+    Per event: its :class:`EngageResult` or the error that refused it (a business refusal is
+    recorded under its key, as alone). Deduplication by event id, the rule in force, the caps
+    (counting the events earlier in the list), the sponsor's contract and the tier upgrade are
+    the same as alone; the engagement rows, ENGAGE entries and activity times are written set-based
+    through one :meth:`~ledger.service.Ledger.batch`. An event whose key or event id was seen
+    before (in the database or earlier in the list) takes the one-by-one path.
+    """
+    kernel = _kernel(ledger, now)
+    results: list[EngageResult | LedgerError] = []
+    levels = tiers.tier_levels(conn)
+    policy = expiry_policy(conn)
+    ids = sorted({e.member for e in events})
+    statuses = _member_statuses(conn, ids)
+    held = _latest_tiers(conn, ids)
+    window = _TierWindow(conn, ids)
+    e = t.engagements.c
+    reported: set[tuple[str, str]] = set()
+    for start in range(0, len(events), 500):
+        pairs = [(ev.actor.partner or PROGRAM, ev.event_id) for ev in events[start : start + 500]]
+        rows = conn.execute(
+            sa.select(e.partner, e.event_id).where(sa.tuple_(e.partner, e.event_id).in_(pairs))
+        )
+        reported.update((row[0], row[1]) for row in rows)
+    rules: dict[tuple[str, datetime], EngagementRule | LedgerError] = {}
+    sponsors: dict[tuple[str, datetime], str | LedgerError] = {}
+    counted: dict[tuple[str, str, str, datetime], int] = {}
+    rows_out: list[dict[str, Any]] = []
+    touched: dict[str, datetime] = {}
+
+    def cached(cache: dict, key: Any, read: Any, *args: Any) -> Any:
+        if key not in cache:
+            try:
+                cache[key] = read(*args)
+            except LedgerError as error:
+                cache[key] = error
+        found = cache[key]
+        if isinstance(found, LedgerError):
+            raise found
+        return found
+
+    def count(member: str, rule: EngagementRule, at: datetime) -> dict[str, int]:
+        counts = {}
+        for period in ENGAGEMENT_PERIODS:
+            if rule.cap(period) is None:
+                continue
+            start, _end = period_bounds(at, period)
+            slot = (member, rule.event_type, period, start)
+            if slot not in counted:
+                counted[slot] = _engagement_counts(conn, member, rule, at)[period]
+            counts[period] = counted[slot]
+        return counts
+
+    with kernel.batch(SqlLedgerStore(conn)) as store:
+        store.prefetch(members=ids, keys=[(ev.actor.idempotency_scope, ev.key) for ev in events])
+        for ev in events:
+            scope = (ev.actor.idempotency_scope, ev.key)
+            reporter = ev.actor.partner or PROGRAM
+            try:
+                _check_key(ev.key)
+                _check_event_id(ev.event_id)
+                if ev.member not in statuses:
+                    members.member(conn, ev.member)  # raises UnknownMember
+            except LedgerError as error:
+                results.append(error)
+                continue
+            if not store.is_new_key(*scope) or (reporter, ev.event_id) in reported:
+                # A retry or a duplicate event: flush, then let the one-by-one path answer it.
+                store.flush(kernel.policy.shards)
+                window.flushed()
+                _flush_engagements(conn, rows_out)
+                results.append(_one_engagement(conn, ev, now, ledger))
+                reported.add((reporter, ev.event_id))
+                continue
+            request = _request(
+                "engage",
+                reporter=reporter,
+                member=ev.member,
+                event_type=ev.event_type,
+                event_id=ev.event_id,
+                business_time=ev.business_time,
+            )
+            at = ev.business_time
+            try:
+                if statuses[ev.member] != "active":
+                    raise MemberNotActive(ev.member, statuses[ev.member])
+                rule = cached(
+                    rules, (ev.event_type, at), engagement_rule_at, conn, ev.event_type, at
+                )
+                price_version = None
+                if rule.sponsor != PROGRAM:
+                    if ev.actor.partner is not None and ev.actor.partner != rule.sponsor:
+                        raise InvalidRequest(
+                            f"{rule.sponsor} sponsors {rule.event_type}: "
+                            f"{ev.actor.partner} cannot report it"
+                        )
+
+                    price_version = cached(
+                        sponsors, (rule.sponsor, at), _sponsor_version, conn, rule.sponsor, at
+                    )
+                quote = quote_engagement(rule, at=at, counts=count(ev.member, rule, at))
+            except BusinessRefusal as refusal:
+                store.claim_key(*scope, request, uuid4(), now)
+                store.record_refusal(*scope, refusal)
+                results.append(refusal)
+                continue
+            except LedgerError as error:
+                results.append(error)
+                continue
+            reported.add((reporter, ev.event_id))
+            entry, change = None, None
+            if quote.points > 0:
+                entry = kernel.earn(
+                    store,
+                    ev.actor,
+                    ev.key,
+                    member=ev.member,
+                    funding={quote.sponsor: quote.points},
+                    business_time=at,
+                    kind=EntryKind.ENGAGE,
+                    expires_at=lot_expiry(at, policy),
+                    price_version=price_version,
+                    attributes={
+                        "request_digest": request.hex,
+                        "rules": dict(quote.rule_versions),
+                        "explanation": quote.explanation,
+                        "event_type": ev.event_type,
+                        "event_id": ev.event_id,
+                    },
+                ).entry
+                for period in quote_periods(rule):
+                    start, _end = period_bounds(at, period)
+                    counted[(ev.member, rule.event_type, period, start)] += 1
+                when = max(now, at)
+                window.add(ev.member, at, quote.points)
+                if levels:
+                    points = window.points(ev.member, when)
+                    change = _upgrade_in_batch(conn, levels, held, ev.member, points, now)
+                touched[ev.member] = max(at, touched.get(ev.member, at))
+            rows_out.append(
+                {
+                    "partner": reporter,
+                    "event_id": ev.event_id,
+                    "member_id": ev.member,
+                    "event_type": ev.event_type,
+                    "entry_id": None if entry is None else entry.id,
+                    "occurred_at": at,
+                }
+            )
+            results.append(
+                EngageResult(
+                    ev.event_type,
+                    ev.event_id,
+                    quote.points,
+                    quote.explanation,
+                    quote.rule_versions,
+                    entry,
+                    change,
+                )
+            )
+    _flush_engagements(conn, rows_out)
+    _touch_activities(conn, touched)
+    return results
+
+
+def _sponsor_version(conn: Connection, sponsor: str, at: datetime) -> str | None:
+    """The sponsor's contract version at ``at``, if the sponsor may issue points."""
+    directory.require_can_issue(conn, sponsor)
+    return directory.contract_at(conn, sponsor, at).price_version
+
+
+def quote_periods(rule: EngagementRule) -> list[str]:
+    """The periods whose cap the rule sets (the counters an event moves)."""
+    return [period for period in ENGAGEMENT_PERIODS if rule.cap(period) is not None]
+
+
+def _flush_engagements(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        conn.execute(t.engagements.insert(), rows)
+        rows.clear()
+
+
+def _one_engagement(
+    conn: Connection, ev: Engagement, now: datetime, ledger: Ledger | None
+) -> EngageResult | LedgerError:
+    """One event in a savepoint, with :meth:`Database.transaction`'s rules."""
+    savepoint = conn.begin_nested()
+    try:
+        result = engage(
+            conn,
+            ev.actor,
+            ev.key,
+            member=ev.member,
+            event_type=ev.event_type,
+            event_id=ev.event_id,
+            business_time=ev.business_time,
+            now=now,
+            ledger=ledger,
+        )
+    except BusinessRefusal as refusal:
+        savepoint.commit()
+        return refusal
+    except LedgerError as error:
+        savepoint.rollback()
+        return error
+    savepoint.commit()
+    return result
 
 
 def refer(

@@ -390,3 +390,69 @@ def test_key_insertion_order_does_not_matter(value: dict[str, object]) -> None:
     """Objects that differ only in key insertion order have the same bytes."""
     reordered = dict(reversed(list(value.items())))
     assert canonical_bytes(reordered) == canonical_bytes(value)
+
+
+# --- The fast path: the C encoder where it equals RFC 8785 --------------------------------------
+
+# Text that stresses the escaping rules: C0 controls, quote, backslash, DEL, U+2028/U+2029,
+# non-ASCII letters, astral characters; all NFC so the values stay inside the profile.
+ESCAPED = ["\x00", "\x01", "\x08", "\t", "\n", "\x0b", "\x0c", "\r", "\x1f", '"', "\\"]
+UNESCAPED = ["/", "\x7f", "\u2028", "\u2029", "é", "ß", "€", "\ufeff", "\uffff", "\U0001f600", "a"]
+TRICKY_TEXT = st.text(
+    alphabet=st.sampled_from([*ESCAPED, *UNESCAPED]) | st.characters(exclude_categories=("Cs",)),
+    max_size=12,
+).map(lambda s: unicodedata.normalize("NFC", s))
+ASCII_KEYS = st.text(alphabet=st.characters(max_codepoint=127), max_size=8)
+FAST_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-MAX_SAFE_INTEGER, max_value=MAX_SAFE_INTEGER)
+    | st.sampled_from([0, -1, MAX_SAFE_INTEGER, -MAX_SAFE_INTEGER, 2**31, -(2**32)])
+    | TRICKY_TEXT
+)
+
+
+def _values(keys: st.SearchStrategy[str]) -> st.SearchStrategy[object]:
+    return st.recursive(
+        FAST_SCALARS,
+        lambda children: (
+            st.lists(children, max_size=5) | st.dictionaries(keys, children, max_size=5)
+        ),
+        max_leaves=30,
+    )
+
+
+@given(_values(ASCII_KEYS))
+@settings(max_examples=500)
+def test_c_encoder_equals_rfc8785_for_profile_values_with_ascii_keys(value: object) -> None:
+    """The claim the fast path rests on: for a profile value whose keys are all ASCII, CPython's
+    encoder (ensure_ascii=False, sort_keys, compact) writes exactly the RFC 8785 bytes."""
+    fast = json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    assert fast.encode("utf-8") == rfc8785.dumps(value)
+    assert canonical_bytes(value) == rfc8785.dumps(value)
+
+
+@given(_values(TRICKY_TEXT))
+@settings(max_examples=300)
+def test_canonical_bytes_equal_rfc8785_with_any_keys(value: object) -> None:
+    """Whatever the keys, canonical_bytes gives the reference serialiser's bytes."""
+    assert canonical_bytes(value) == rfc8785.dumps(value)
+
+
+def test_non_ascii_keys_sort_by_utf16_code_units() -> None:
+    """U+FFFF sorts before U+1F600 by code point but after it in UTF-16 (0xD83D…): the order
+    RFC 8785 prescribes is kept, so such keys must not take the C encoder."""
+    value = {"\uffff": 1, "\U0001f600": 2, "a": 3}
+    data = canonical_bytes(value)
+    assert data == rfc8785.dumps(value)
+    assert data == '{"a":3,"\U0001f600":2,"\uffff":1}'.encode()
+
+
+def test_fast_path_still_refuses_what_the_profile_refuses() -> None:
+    """Subclasses, floats, big integers and non-NFC text nested in plain values are refused, with
+    every path named, as on the exact path."""
+    with pytest.raises(ProfileError) as caught:
+        canonical_bytes({"a": [1, 2.5], "b": {"c": 2**53}, "d": "A\u030a", "e": b"x"})
+    message = str(caught.value)
+    for path in ("$.a[1]", "$.b.c", "$.d", "$.e"):
+        assert path in message
