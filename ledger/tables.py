@@ -50,6 +50,8 @@ entries = sa.Table(
     sa.Column("refers_to", sa.Uuid(), sa.ForeignKey("entries.id"), nullable=True, index=True),
     sa.Column("reason", sa.Text(), nullable=True),
     sa.Column("attributes", sa.JSON(), nullable=False),
+    # A period's entries of one kind (settlement's expiries), by range scan: migration 0009.
+    sa.Index("ix_entries_kind_booked_at", "kind", "booked_at"),
 )
 
 postings = sa.Table(

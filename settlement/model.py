@@ -70,7 +70,9 @@ class CheckpointRef:
     root: bytes
     """RFC 6962 root hash of those leaves."""
     note: str
-    """The C2SP signed note, exactly as the integrator signed it."""
+    """The C2SP signed note as the integrator signed it; after a witnessed close, followed by the
+    witnesses' cosignature lines (a log verifier ignores signature lines from keys it does not
+    trust, so the note still verifies with the log key alone)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,8 @@ Every function works inside the caller's transaction and takes the time explicit
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from uuid import uuid4
@@ -34,9 +35,10 @@ from uuid import uuid4
 from sqlalchemy.engine import Connection
 
 from ledger.consistency import Finding
-from ledger.errors import LedgerError
+from ledger.errors import InvalidRequest, LedgerError
 from ledger.integrator import Integrator
 from ledger.model import EntryKind
+from ledger.note import Checkpoint, parse_note
 from ledger.numbers import format_cents, parse_rate
 from ledger.repository import SqlLedgerStore
 from ledger.service import Actor, Booking, Ledger
@@ -53,10 +55,12 @@ from settlement.errors import (
     PeriodNotIntegrated,
     PeriodNotOver,
     PeriodOutOfOrder,
+    SettlementError,
     StatementsNotPrepared,
 )
 from settlement.model import (
     Adjustment,
+    CheckpointRef,
     Flow,
     PeriodClose,
     Settlement,
@@ -92,7 +96,61 @@ DEFAULT_POINT_VALUE = Decimal("0.01")
 POSTING_PRINCIPAL = "settlement"
 
 
-# -- close -----------------------------------------------------------------------------------------
+# -- close ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Witnessing:
+    """What the witnesses said of the checkpoint a close is to rest on.
+
+    ``note`` is the log's signed note with the cosignature lines of ``witnesses`` appended (a log
+    verifier still accepts it: it ignores other keys' lines), when a quorum cosigned it.
+    """
+
+    log: str
+    size: int
+    quorum: int
+    note: str | None
+    witnesses: tuple[str, ...]
+    """Names of the witnesses whose cosignature verified."""
+    refusals: tuple[str, ...] = ()
+    """One line per witness that did not cosign, saying why (for the operator's message)."""
+
+    @property
+    def reached(self) -> bool:
+        return self.note is not None and len(set(self.witnesses)) >= self.quorum
+
+
+#: Asks the configured witnesses to cosign the log's latest checkpoint (which must be committed:
+#: a witness that cosigned a checkpoint later rolled back would see a fork), publishing it when a
+#: quorum does. Supplied by the layer that knows the witnesses; settlement does not import it.
+Cosigner = Callable[[Connection, CheckpointRef], Witnessing]
+
+
+class WitnessQuorumNotMet(SettlementError):
+    """Witnesses are configured, and fewer than the quorum cosigned the close's checkpoint."""
+
+    code = "witness-quorum-not-met"
+
+    def __init__(self, period: str, witnessing: Witnessing) -> None:
+        reasons = "; ".join(witnessing.refusals) or "no cosignature"
+        super().__init__(
+            f"{period} is not closed: {len(witnessing.witnesses)} of the {witnessing.quorum} "
+            f"witness cosignatures required for {witnessing.log} at size {witnessing.size} "
+            f"({reasons})"
+        )
+        self.period = period
+        self.witnessing = witnessing
+
+    def fields(self) -> dict[str, object]:
+        return {
+            "period": self.period,
+            "log": self.witnessing.log,
+            "size": self.witnessing.size,
+            "quorum": self.witnessing.quorum,
+            "cosigned_by": list(self.witnessing.witnesses),
+            "refusals": list(self.witnessing.refusals),
+        }
 
 
 def close_period(
@@ -103,34 +161,121 @@ def close_period(
     closed_by: str | None = None,
     integrator: Integrator | None = None,
     delay: timedelta = CLOSE_DELAY,
+    cosign: Cosigner | None = None,
 ) -> PeriodClose:
     """Close a period on the signed checkpoint that covers every entry booked before its end.
 
     With an ``integrator``, first drains its queue in this transaction; without, refuses while
     entries booked before the cut-off still wait to be logged. Closing a closed period returns its
     first close unchanged.
+
+    With ``cosign`` (witnesses are configured), the close rests on the covering checkpoint as a
+    quorum of witnesses cosigned it, and records that cosigned note; fewer cosignatures refuse the
+    close (:class:`WitnessQuorumNotMet`), writing nothing. The checkpoint must be committed before
+    witnesses see it, so ``cosign`` goes without ``integrator``: drain the queue first, in its own
+    transaction, with :func:`integrate_for_close`.
     """
+    if cosign is not None and integrator is not None:
+        raise InvalidRequest(
+            "a witnessed close needs its checkpoint committed first: call integrate_for_close "
+            "in its own transaction, then close_period without the integrator"
+        )
     period = _period(period)
     store = SqlSettlementStore(conn)
     existing = store.close(period.label)
     if existing is not None:
         return existing
-    if now < period.end + delay:
-        raise PeriodNotOver(period.label, period.end + delay, now)
-    _check_follows(store, period)
+    _check_closable(store, period, now, delay)
     if integrator is not None:
-        integrator.ensure_log(conn)
-        while store.waiting_before(period.end) and integrator.integrate_batch(conn) is not None:
-            pass
+        _drain(store, period, integrator, conn)
     waiting = store.waiting_before(period.end)
     if waiting:
         raise PeriodNotIntegrated(period.label, waiting)
     checkpoint = store.latest_checkpoint()
     if checkpoint is None:
         raise NoCheckpoint(period.label)
+    if cosign is not None:
+        checkpoint = _cosigned(period, checkpoint, cosign(conn, checkpoint))
     close = PeriodClose(period, checkpoint, now, closed_by)
     store.insert_close(close)
     return close
+
+
+def close_cosigners(close: PeriodClose) -> tuple[str, ...]:
+    """Names on the signature lines of a close's checkpoint note other than the log's own key.
+
+    A witnessed close records the checkpoint as the witnesses cosigned it, so these are its
+    witnesses (as named by the note; their signatures are checked with their keys elsewhere).
+    """
+    signatures = parse_note(close.checkpoint.note).signatures
+    return tuple(s.name for s in signatures if s.name != close.checkpoint.log)
+
+
+def integrate_for_close(
+    conn: Connection,
+    period: Period | str,
+    *,
+    now: datetime,
+    integrator: Integrator,
+    delay: timedelta = CLOSE_DELAY,
+) -> None:
+    """Log every entry booked before the period's end, ahead of a witnessed close.
+
+    The first of a witnessed close's two transactions: the checkpoint it leaves is committed
+    before any witness is asked about it. Refuses what :func:`close_period` would refuse (too
+    early, out of order); does nothing for a closed period.
+    """
+    period = _period(period)
+    store = SqlSettlementStore(conn)
+    if store.close(period.label) is not None:
+        return
+    _check_closable(store, period, now, delay)
+    _drain(store, period, integrator, conn)
+
+
+def _check_closable(
+    store: SqlSettlementStore, period: Period, now: datetime, delay: timedelta
+) -> None:
+    if now < period.end + delay:
+        raise PeriodNotOver(period.label, period.end + delay, now)
+    _check_follows(store, period)
+
+
+def _drain(
+    store: SqlSettlementStore, period: Period, integrator: Integrator, conn: Connection
+) -> None:
+    integrator.ensure_log(conn)
+    while store.waiting_before(period.end) and integrator.integrate_batch(conn) is not None:
+        pass
+
+
+def _cosigned(period: Period, checkpoint: CheckpointRef, witnessing: Witnessing) -> CheckpointRef:
+    """The covering checkpoint as the witnesses cosigned it; refuses without the quorum.
+
+    The witnesses may have been shown a later checkpoint of the same log than the one read here
+    (the integrator ran in between); it covers the period all the same, so the close rests on it.
+    """
+    if not witnessing.reached or witnessing.note is None:
+        raise WitnessQuorumNotMet(period.label, witnessing)
+    signed = Checkpoint.parse(parse_note(witnessing.note).text)
+    if (
+        witnessing.log != checkpoint.log
+        or signed.origin != checkpoint.log
+        or signed.size != witnessing.size
+        or signed.size < checkpoint.size
+    ):
+        raise WitnessQuorumNotMet(
+            period.label,
+            Witnessing(
+                checkpoint.log,
+                checkpoint.size,
+                witnessing.quorum,
+                None,
+                (),
+                (f"the witnesses cosigned {signed.origin} at size {signed.size} instead",),
+            ),
+        )
+    return CheckpointRef(checkpoint.log, signed.size, signed.root, witnessing.note)
 
 
 def period_close(conn: Connection, period: Period | str) -> PeriodClose | None:
@@ -474,6 +619,55 @@ def set_point_value(conn: Connection, value: Decimal | str, now: datetime) -> De
     rate = parse_rate(value, name="point value")
     write_setting(conn, POINT_VALUE_SETTING, format(rate, "f"), now)
     return rate
+
+
+#: ``program_settings`` name of the witnesses a close waits for: their specs and the quorum.
+CLOSE_WITNESSES_SETTING = "settlement_close_witnesses"
+
+
+@dataclass(frozen=True, slots=True)
+class WitnessPolicy:
+    """The witnesses a close waits for and how many of them must cosign.
+
+    A witness is kept as the operator gave it (``URL=VKEY``, as ``coalition checkpoint publish``
+    takes it); the layer that asks witnesses parses and checks it before it is saved.
+    """
+
+    witnesses: tuple[str, ...]
+    quorum: int
+
+    def __post_init__(self) -> None:
+        if not self.witnesses or any(
+            not isinstance(w, str) or not w.strip() for w in self.witnesses
+        ):
+            raise InvalidRequest("a witness policy names at least one witness")
+        if len(set(self.witnesses)) != len(self.witnesses):
+            raise InvalidRequest("a witness is listed twice; each witness counts once")
+        quorum = self.quorum
+        if isinstance(quorum, bool) or not isinstance(quorum, int):
+            raise InvalidRequest(f"the quorum is a whole number, not {quorum!r}")
+        if not 1 <= quorum <= len(self.witnesses):
+            raise InvalidRequest(
+                f"the quorum must be between 1 and {len(self.witnesses)} witnesses, not {quorum}"
+            )
+
+
+def close_witness_policy(conn: Connection) -> WitnessPolicy | None:
+    """The witnesses closes wait for, or ``None``: closes then rest on the log's signature alone."""
+    stored = read_setting(conn, CLOSE_WITNESSES_SETTING)
+    if not stored:
+        return None
+    return WitnessPolicy(tuple(stored["witnesses"]), int(stored["quorum"]))
+
+
+def set_close_witness_policy(
+    conn: Connection, policy: WitnessPolicy | None, now: datetime
+) -> WitnessPolicy | None:
+    """Save (or, with ``None``, clear) the witnesses closes wait for."""
+    # An empty object, not JSON null, marks "no witnesses": the column is NOT NULL.
+    value = {} if policy is None else {"witnesses": list(policy.witnesses), "quorum": policy.quorum}
+    write_setting(conn, CLOSE_WITNESSES_SETTING, value, now)
+    return policy
 
 
 # -- contracts -------------------------------------------------------------------------------------

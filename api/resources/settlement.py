@@ -11,8 +11,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -20,12 +20,14 @@ from uuid import UUID
 from flask import Response, current_app
 from flask.views import MethodView
 from flask_smorest import Blueprint
+from marshmallow import fields
 from sqlalchemy.engine import Connection
 
 from api.auth import audit, current_credential, requires
 from api.errors import ApiProblem
 from api.schemas import (
     CountersignRequest,
+    CursorQuery,
     DisputeAcceptRequest,
     DisputeRejectRequest,
     DisputeRequest,
@@ -37,11 +39,15 @@ from api.schemas import (
     StatementNoteSchema,
     StatementViewSchema,
     StepSchema,
+    StrictSchema,
     VerificationSchema,
+    encode_cursor,
 )
 from audit.log import log_integrator
+from audit.publish import HttpPost, parse_witness, publish_checkpoint
+from ledger.integrator import Integrator
 from ledger.numbers import format_cents
-from settlement import disputes, notes, outputs, service, workflow
+from settlement import disputes, notes, outputs, proofs, service, workflow
 from settlement.errors import (
     EntriesBeforeFirstPeriod,
     NoCheckpoint,
@@ -51,7 +57,10 @@ from settlement.errors import (
     PeriodOutOfOrder,
     StatementsNotPrepared,
 )
+from settlement.model import PeriodClose
 from settlement.payments import Debtor
+from settlement.proofs import EntryNotCovered, LineProofs, UnknownStatementLine
+from settlement.service import Witnessing, WitnessPolicy, WitnessQuorumNotMet
 from settlement.workflow import StepRecord, WorkflowState
 
 blp = Blueprint(
@@ -67,7 +76,12 @@ CONFLICTS = (
     NoCheckpoint,
     PeriodNotClosed,
     StatementsNotPrepared,
+    WitnessQuorumNotMet,
+    EntryNotCovered,
 )
+
+#: Seconds the API waits for each witness during a close.
+WITNESS_TIMEOUT = 10.0
 
 
 @contextmanager
@@ -78,6 +92,8 @@ def transaction() -> Iterator[Connection]:
             yield conn
     except CONFLICTS as exc:
         raise ApiProblem(409, exc.code, exc.message, **exc.fields()) from exc
+    except UnknownStatementLine as exc:
+        raise ApiProblem(404, exc.code, exc.message, **exc.fields()) from exc
 
 
 def finance_user() -> str:
@@ -115,20 +131,28 @@ class Close(MethodView):
     @requires("settlement.write")
     @blp.response(200, StepSchema)
     def post(self, period: str) -> dict:
-        """Close the period on the signed checkpoint covering it (integrating what waits)."""
+        """Close the period on the signed checkpoint covering it (integrating what waits).
+
+        When witnesses are configured (``coalition settle witnesses``), the checkpoint must be
+        cosigned by their quorum first; without it the close is refused (409) and nothing written.
+        """
         services = current_app.extensions["coalition"]
         integrator = log_integrator(services.signer) if services.signer is not None else None
         by = finance_user()
         with transaction() as conn:
-            close = service.close_period(
-                conn, period, now=now(), closed_by=by, integrator=integrator
-            )
-            audit(
-                conn,
-                "settlement.close",
-                f"settlement:{close.period.label}",
-                {"checkpoint_size": close.checkpoint.size},
-            )
+            policy = service.close_witness_policy(conn)
+        close = close_period(
+            transaction,
+            period,
+            now=now(),
+            by=by,
+            integrator=integrator,
+            policy=policy,
+            http_post=witness_http_post(),
+            record=lambda conn, close: audit(
+                conn, "settlement.close", f"settlement:{close.period.label}", close_detail(close)
+            ),
+        )
         return {
             "step": "CLOSED",
             "actor": close.closed_by or "",
@@ -137,8 +161,90 @@ class Close(MethodView):
                 "log": close.checkpoint.log,
                 "size": close.checkpoint.size,
                 "root": base64.b64encode(close.checkpoint.root).decode(),
+                "witnesses": list(service.close_cosigners(close)),
+                "checkpoint": close.checkpoint.note,
             },
         }
+
+
+def close_period(
+    transaction: Callable[[], AbstractContextManager[Connection]],
+    period: str,
+    *,
+    now: datetime,
+    by: str,
+    integrator: Integrator | None,
+    policy: WitnessPolicy | None,
+    http_post: HttpPost,
+    record: Callable[[Connection, PeriodClose], None],
+) -> PeriodClose:
+    """Close a period, waiting for the witness quorum when a policy names witnesses.
+
+    Shared by the API and ``coalition settle close``. Without witnesses: one transaction, as
+    before. With them: the first transaction logs what waits and commits the checkpoint (a
+    witness must never cosign a checkpoint that a rollback could replace by another root: it would
+    see a fork); the second asks the witnesses (``audit.publish``), publishes the cosigned
+    checkpoint and records the close on it, or refuses and rolls back. ``record`` runs in the
+    close's transaction (the audit event).
+    """
+    if policy is None:
+        with transaction() as conn:
+            close = service.close_period(conn, period, now=now, closed_by=by, integrator=integrator)
+            record(conn, close)
+        return close
+    cosign = witness_cosigner(policy, http_post)
+    if integrator is not None:
+        with transaction() as conn:
+            service.integrate_for_close(conn, period, now=now, integrator=integrator)
+    with transaction() as conn:
+        close = service.close_period(conn, period, now=now, closed_by=by, cosign=cosign)
+        record(conn, close)
+    return close
+
+
+def witness_cosigner(policy: WitnessPolicy, http_post: HttpPost) -> service.Cosigner:
+    """Settlement's ``Cosigner`` over :func:`audit.publish.publish_checkpoint`.
+
+    Publishing is idempotent per checkpoint: one already published is returned without asking the
+    witnesses again.
+    """
+    endpoints = [parse_witness(spec) for spec in policy.witnesses]
+
+    def cosign(conn: Connection, checkpoint: Any) -> Witnessing:
+        found = publish_checkpoint(conn, checkpoint.log, endpoints, policy.quorum, http_post)
+        return Witnessing(
+            log=found.log,
+            size=found.size,
+            quorum=policy.quorum,
+            note=found.note if found.published else None,
+            witnesses=tuple(found.witnesses),
+            refusals=tuple(
+                f"{o.witness} {o.status or 'unreachable'}: {o.detail}"
+                for o in found.outcomes
+                if not o.ok
+            ),
+        )
+
+    return cosign
+
+
+def witness_http_post() -> HttpPost:
+    """How the API reaches witnesses: urllib, unless the application was given another poster
+    (``app.extensions["coalition.witness_http_post"]``: tests' in-process witnesses)."""
+    injected = current_app.extensions.get("coalition.witness_http_post")
+    if injected is not None:
+        return injected
+    from api.cli import _http_post  # the CLI's poster: one HTTP client for witnesses
+
+    return _http_post(WITNESS_TIMEOUT)
+
+
+def close_detail(close: PeriodClose) -> dict[str, Any]:
+    """What the audit log records of a close: its checkpoint and the witnesses that cosigned it."""
+    return {
+        "checkpoint_size": close.checkpoint.size,
+        "witnesses": list(service.close_cosigners(close)),
+    }
 
 
 @blp.route("/periods/<period>/prepare")
@@ -367,6 +473,72 @@ class Countersign(MethodView):
         return note_json(note)
 
 
+class LineEntrySchema(StrictSchema):
+    entry_id = fields.UUID()
+    kind = fields.String()
+    business_time = fields.DateTime()
+    points = fields.Integer(metadata={"description": "signed contribution to the line's points"})
+    prior_period = fields.Boolean(metadata={"description": "a late event of an earlier period"})
+    log = fields.String()
+    index = fields.Integer()
+    leaf = fields.String(metadata={"description": "the leaf's exact bytes (UTF-8 JSON)"})
+    leaf_hash = fields.String(metadata={"description": "RFC 6962 leaf hash, hex"})
+    tree_size = fields.Integer(metadata={"description": "size of the checkpoint proved against"})
+    inclusion_proof = fields.List(fields.String(), metadata={"description": "hashes, hex"})
+
+
+class ProofCheckpointSchema(StrictSchema):
+    log = fields.String()
+    size = fields.Integer()
+    note = fields.String(metadata={"description": "C2SP signed checkpoint note"})
+
+
+class LineProofsSchema(StrictSchema):
+    period = fields.String()
+    partner = fields.String()
+    line = fields.Integer(metadata={"description": "the line's position on the statement, from 1"})
+    line_id = fields.String()
+    flow = fields.String()
+    contract_version = fields.Integer()
+    points = fields.Integer()
+    points_prior_period = fields.Integer()
+    sums_entries = fields.Boolean(
+        metadata={"description": "false for FEE and ADJUSTMENT lines: they sum no entry"}
+    )
+    detail = fields.String()
+    checkpoint = fields.Nested(ProofCheckpointSchema)
+    other_checkpoints = fields.List(fields.Nested(ProofCheckpointSchema))
+    items = fields.List(fields.Nested(LineEntrySchema))
+    next_cursor = fields.String(allow_none=True)
+
+
+@blp.route("/periods/<period>/statements/<partner>/lines/<int:number>/proofs")
+class LineProofsView(MethodView):
+    @requires("settlement.proofs")
+    @blp.arguments(CursorQuery, location="query")
+    @blp.response(200, LineProofsSchema)
+    def get(self, query: dict, period: str, partner: str, number: int) -> dict:
+        """The entries a statement line sums, each with its inclusion proof (paged by leaf).
+
+        Each proof leads to the signed checkpoint the period was closed on; the points of all
+        pages add up to the line's. A partner sees its own statement's lines only.
+        """
+        _may_see(partner)
+        key = query.get("cursor")
+        if key is not None and (
+            len(key) != 2 or type(key[0]) is not str or type(key[1]) is not int
+        ):
+            raise ApiProblem(
+                422, "invalid-cursor", "the cursor does not belong to this listing", field="cursor"
+            )
+        after = None if key is None else (key[0], key[1])
+        with transaction() as conn:
+            found = proofs.line_proofs(
+                conn, period, partner, number, after=after, limit=query["limit"]
+            )
+        return line_proofs_json(found)
+
+
 # -- disputes --------------------------------------------------------------------------------------
 
 
@@ -585,6 +757,51 @@ def dispute_json(dispute: disputes.Dispute) -> dict:
             "decided_at": decision.decided_at.isoformat(),
             "decided_by": decision.decided_by,
         },
+    }
+
+
+def line_proofs_json(found: LineProofs) -> dict:
+    line = found.line
+    return {
+        "period": found.period.label,
+        "partner": found.partner,
+        "line": found.number,
+        "line_id": line.id,
+        "flow": line.flow.value,
+        "contract_version": line.contract_version,
+        "points": line.points,
+        "points_prior_period": line.points_prior_period,
+        "sums_entries": found.sums_entries,
+        "detail": (
+            "the entries this line sums, each proved against the close's checkpoint"
+            if found.sums_entries
+            else f"a {line.flow.value} line sums no journal entry: there is nothing to prove"
+        ),
+        "checkpoint": {
+            "log": found.checkpoint.log,
+            "size": found.checkpoint.size,
+            "note": found.checkpoint.note,
+        },
+        "other_checkpoints": [
+            {"log": log, "size": size, "note": note} for log, size, note in found.other_checkpoints
+        ],
+        "items": [
+            {
+                "entry_id": entry.entry_id,
+                "kind": entry.kind,
+                "business_time": entry.business_time,
+                "points": entry.points,
+                "prior_period": entry.prior_period,
+                "log": entry.log,
+                "index": entry.index,
+                "leaf": entry.leaf.decode("utf-8"),
+                "leaf_hash": entry.leaf_hash.hex(),
+                "tree_size": entry.tree_size,
+                "inclusion_proof": [h.hex() for h in entry.proof],
+            }
+            for entry in found.entries
+        ],
+        "next_cursor": None if found.next_after is None else encode_cursor(list(found.next_after)),
     }
 
 

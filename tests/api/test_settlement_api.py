@@ -19,11 +19,14 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from audit.log import events as audit_events
-from ledger.note import open_note
+from ledger import merkle
+from ledger.note import open_checkpoint, open_note, verify_cosignature
 from partners import directory
 from partners.directory import Role
-from settlement import payments
-from tests.api.conftest import Issuer, bearer
+from settlement import payments, service
+from settlement.service import WitnessPolicy
+from tests.api.conftest import LOG_ORIGIN, PROBLEM_JSON, Issuer, bearer
+from tests.integration.test_publish import Partners
 from tests.integration.test_settlement import (  # noqa: F401  (golden is a fixture)
     Coalition,
     golden,
@@ -218,3 +221,126 @@ def test_disputes_through_the_api(
     )
     assert again.status_code == 422
     assert get(client, rail, f"/disputes/{dispute}").json["status"] == "rejected"
+
+
+# -- the witness quorum at close -------------------------------------------------------------------
+
+
+def test_a_close_waits_for_the_configured_witness_quorum(
+    app: Flask, client: FlaskClient, tokens: dict[str, str], log_signer: Any, tmp_path: Any
+) -> None:
+    partners = Partners(tmp_path, log_signer)
+    reachable = {"w1": True, "w2": False}
+
+    def deliver(url: str, body: bytes) -> tuple[int, str, bytes]:
+        if not reachable[url.split("//")[1][:2]]:
+            raise OSError("connection refused")
+        return partners.http_post(url, body)
+
+    app.extensions["coalition.witness_http_post"] = deliver
+    db = app.extensions["coalition"].db
+    witnesses = tuple(f"{e.url}={e.verifier.vkey}" for e in partners.endpoints)
+    with db.transaction() as conn:
+        service.set_close_witness_policy(conn, WitnessPolicy(witnesses, 2), datetime.now(UTC))
+
+    refused = post(client, tokens["ann"], "/periods/2026-03/close")
+    assert (refused.status_code, refused.mimetype) == (409, PROBLEM_JSON)
+    assert refused.json["type"] == "/problems/witness-quorum-not-met"
+    assert (refused.json["quorum"], refused.json["cosigned_by"]) == (
+        2,
+        [partners.endpoints[0].name],
+    )
+    assert "connection refused" in refused.json["detail"]
+    assert post(client, tokens["ann"], "/periods/2026-03/prepare").status_code == 409  # still open
+    with db.transaction() as conn:
+        assert service.period_close(conn, "2026-03") is None
+        assert audit_events(conn, subject="settlement:2026-03") == []
+
+    reachable["w2"] = True
+    closed = post(client, tokens["ann"], "/periods/2026-03/close")
+    assert closed.status_code == 200, closed.json
+    detail = closed.json["detail"]
+    assert sorted(detail["witnesses"]) == sorted(e.name for e in partners.endpoints)
+    _, signed = open_checkpoint(detail["checkpoint"], [log_signer.verifier], origin=LOG_ORIGIN)
+    lines = detail["checkpoint"].split("\n\n", 1)[1].splitlines()
+    for endpoint in partners.endpoints:
+        (line,) = [x for x in lines if x.startswith(f"\u2014 {endpoint.name} ")]
+        verify_cosignature(line, signed.text, endpoint.verifier)
+    with db.transaction() as conn:
+        (event,) = audit_events(conn, subject="settlement:2026-03")
+    assert sorted(event.after["witnesses"]) == sorted(detail["witnesses"])
+    assert post(client, tokens["ann"], "/periods/2026-03/close").json == closed.json  # harmless
+
+
+# -- inclusion proofs of a line's entries ----------------------------------------------------------
+
+
+def line_pages(client: FlaskClient, token: str, partner: str, number: int) -> list[Any]:
+    """Every page of a line's proofs, one entry per page."""
+    found, cursor = [], None
+    while True:
+        path = f"/periods/2026-03/statements/{partner}/lines/{number}/proofs?limit=1"
+        page = get(client, token, path + (f"&cursor={cursor}" if cursor else ""))
+        assert page.status_code == 200, page.json
+        found.append(page.json)
+        cursor = page.json["next_cursor"]
+        if cursor is None:
+            return found
+
+
+def test_every_line_s_entries_are_proved_against_the_close_s_checkpoint(
+    client: FlaskClient, prepared: dict[str, str], log_signer: Any
+) -> None:
+    auditor = prepared["auditor"]
+    summed = 0
+    for statement in get(client, auditor, "/periods/2026-03/statements").json:
+        partner = statement["partner"]
+        for number, line in enumerate(statement["document"]["lines"], start=1):
+            pages = line_pages(client, auditor if number % 2 else prepared["ben"], partner, number)
+            head = pages[0]
+            assert (head["line"], head["flow"], head["line_id"]) == (
+                number,
+                line["flow"],
+                line["id"],
+            )
+            checkpoint, _ = open_checkpoint(
+                head["checkpoint"]["note"], [log_signer.verifier], origin=LOG_ORIGIN
+            )
+            items = [item for page in pages for item in page["items"]]
+            if line["flow"] in ("FEE", "ADJUSTMENT"):
+                assert (head["sums_entries"], items) == (False, [])
+                assert "sums no journal entry" in head["detail"]
+                continue
+            for item in items:
+                merkle.verify_inclusion(
+                    bytes.fromhex(item["leaf_hash"]),
+                    item["index"],
+                    checkpoint.size,
+                    [bytes.fromhex(h) for h in item["inclusion_proof"]],
+                    checkpoint.root,
+                )
+                assert merkle.leaf_hash(item["leaf"].encode()).hex() == item["leaf_hash"]
+                assert item["tree_size"] == checkpoint.size
+            assert sum(item["points"] for item in items) == line["points"] == head["points"]
+            summed += len(items)
+    assert summed == 15  # 8 issuance, 4 reimbursement and 3 breakage entries
+
+
+def test_a_partner_gets_proofs_of_its_own_lines_only(
+    client: FlaskClient, prepared: dict[str, str]
+) -> None:
+    rail = prepared["RAIL"]
+    (own,) = line_pages(client, rail, "RAIL", 1)
+    assert (own["flow"], own["points"], len(own["items"])) == ("ISSUANCE", 400_000, 1)
+    other = get(client, rail, "/periods/2026-03/statements/SUPER/lines/1/proofs")
+    assert (other.status_code, other.mimetype) == (404, PROBLEM_JSON)
+    beyond = get(client, prepared["ann"], "/periods/2026-03/statements/RAIL/lines/99/proofs")
+    assert (beyond.status_code, beyond.mimetype) == (404, PROBLEM_JSON)
+    assert beyond.json["type"] == "/problems/unknown-statement-line"
+    assert beyond.json["line"] == 99
+    nobody = get(client, prepared["ann"], "/periods/2026-03/statements/NOPE/lines/1/proofs")
+    assert nobody.json["type"] == "/problems/unknown-statement-line"
+    bad = get(client, rail, "/periods/2026-03/statements/RAIL/lines/1/proofs?cursor=WzFd")
+    assert (bad.status_code, bad.json["type"]) == (422, "/problems/invalid-cursor")
+    unprepared = get(client, prepared["ann"], "/periods/2026-04/statements/RAIL/lines/1/proofs")
+    assert unprepared.status_code == 409

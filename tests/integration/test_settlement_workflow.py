@@ -16,21 +16,30 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+import api.cli
 from api.cli import main as cli_main
+from api.resources.settlement import close_period
 from audit.log import events as audit_events
+from audit.publish import cosigned_checkpoints
+from ledger import merkle
 from ledger.consistency import check_consistency
-from ledger.errors import SignatureError
+from ledger.errors import InvalidRequest, SignatureError
+from ledger.keys import load_key
 from ledger.model import EntryKind
-from ledger.note import open_note
+from ledger.note import open_checkpoint, open_note, verify_cosignature
 from ledger.repository import SqlLedgerStore
 from settlement import disputes, notes, outputs, payments, service, workflow
 from settlement import tables as st
+from settlement.errors import PeriodNotClosed
 from settlement.payments import Debtor, PaymentFileError
+from settlement.service import WitnessPolicy, WitnessQuorumNotMet
 from settlement.workflow import FourEyesViolation, Step, StepOutOfOrder
 from tests.integration.test_cli import cli, initialised, key_file  # noqa: F401  (fixtures)
+from tests.integration.test_publish import Partners
 from tests.integration.test_settlement import (  # noqa: F401  (golden is a fixture)
     APRIL,
     MARCH,
+    ORIGIN,
     Coalition,
     golden,
     nets,
@@ -437,3 +446,198 @@ def run_cli(runner: Any, *args: str, code: int = 0) -> Any:
     result = runner.invoke(cli_main, list(args), catch_exceptions=False)
     assert result.exit_code == code, result.output
     return result
+
+
+# -- the witness quorum at close -------------------------------------------------------------------
+
+
+def specs(partners: Partners) -> tuple[str, ...]:
+    """The witnesses as the operator configures them: URL=VKEY."""
+    return tuple(f"{e.url}={e.verifier.vkey}" for e in partners.endpoints)
+
+
+def witnessed_close(
+    world: Coalition, partners: Partners, quorum: int, http_post: Any = None
+) -> Any:
+    """Close March as the API and the CLI do, waiting for ``quorum`` of the two witnesses."""
+    return close_period(
+        world.db.transaction,
+        "2026-03",
+        now=world.clock.now,
+        by="ann",
+        integrator=world.integrator,
+        policy=WitnessPolicy(specs(partners), quorum),
+        http_post=http_post or partners.http_post,
+        record=lambda conn, close: None,  # the API and CLI record the audit event
+    )
+
+
+def published(world: Coalition) -> list[Any]:
+    with world.db.engine.connect() as conn:
+        return conn.execute(sa.select(cosigned_checkpoints)).all()
+
+
+def test_a_witnessed_close_rests_on_the_checkpoint_its_quorum_cosigned(
+    golden: Coalition,  # noqa: F811
+    tmp_path: Any,
+) -> None:
+    world = golden.after(MARCH)
+    partners = Partners(tmp_path, world.integrator.signer)
+    close = witnessed_close(world, partners, 2)
+    note = close.checkpoint.note
+    checkpoint, signed = open_checkpoint(note, [world.integrator.signer.verifier], origin=ORIGIN)
+    assert (checkpoint.size, checkpoint.root) == (close.checkpoint.size, close.checkpoint.root)
+    lines = note.split("\n\n", 1)[1].splitlines()
+    for endpoint in partners.endpoints:
+        (line,) = [x for x in lines if x.startswith(f"\u2014 {endpoint.name} ")]
+        verify_cosignature(line, signed.text, endpoint.verifier)
+    assert sorted(service.close_cosigners(close)) == sorted(e.name for e in partners.endpoints)
+    (row,) = published(world)
+    assert (row.log, row.size, row.note, row.quorum) == (ORIGIN, checkpoint.size, note, 2)
+    stored = world.run(lambda conn: service.period_close(conn, "2026-03"))
+    assert stored == close
+    calls = len(partners.calls)
+    assert witnessed_close(world, partners, 2) == close  # closing twice asks no witness
+    assert len(partners.calls) == calls
+    world.prepare("2026-03")
+    assert world.verify("2026-03") == []
+
+
+def test_without_the_quorum_the_close_is_refused_and_nothing_is_written(
+    golden: Coalition,  # noqa: F811
+    tmp_path: Any,
+) -> None:
+    world = golden.after(MARCH)
+    partners = Partners(tmp_path, world.integrator.signer)
+    down = partners.endpoints[1].url
+
+    def one_down(url: str, body: bytes) -> tuple[int, str, bytes]:
+        if url.startswith(down):
+            raise OSError("connection refused")
+        return partners.http_post(url, body)
+
+    with pytest.raises(WitnessQuorumNotMet) as refused:
+        witnessed_close(world, partners, 2, one_down)
+    assert refused.value.code == "witness-quorum-not-met"
+    assert "1 of the 2 witness cosignatures" in refused.value.message
+    assert "connection refused" in refused.value.message
+    assert refused.value.fields()["cosigned_by"] == [partners.endpoints[0].name]
+    assert world.run(lambda conn: service.period_close(conn, "2026-03")) is None
+    assert published(world) == []
+    with pytest.raises(PeriodNotClosed):
+        world.prepare("2026-03")
+    # Once both witnesses answer, the same close goes through, on the same prefix of the log.
+    close = witnessed_close(world, partners, 2)
+    assert len(service.close_cosigners(close)) == 2
+    # A quorum of one is met by the witness that answers.
+    assert witnessed_close(world, partners, 1, one_down) == close
+
+
+def test_a_witnessed_close_does_not_integrate_in_its_own_transaction(
+    golden: Coalition,  # noqa: F811
+    tmp_path: Any,
+) -> None:
+    """A checkpoint must be committed before a witness sees it: the service refuses otherwise."""
+    world = golden.after(MARCH)
+    partners = Partners(tmp_path, world.integrator.signer)
+
+    def never(conn: Any, checkpoint: Any) -> Any:
+        raise AssertionError("no witness may be asked")
+
+    with pytest.raises(InvalidRequest):
+        world.run(
+            lambda conn: service.close_period(
+                conn,
+                "2026-03",
+                now=world.clock.now,
+                integrator=world.integrator,
+                cosign=never,
+            )
+        )
+    assert partners.calls == []
+
+
+def test_coalition_settle_close_waits_for_the_saved_witnesses(
+    initialised: Any,  # noqa: F811
+    golden: Coalition,  # noqa: F811
+    cli: Any,  # noqa: F811
+    key_file: Any,  # noqa: F811
+    tmp_path: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    partners = Partners(tmp_path, load_key(key_file))
+    up = {"ok": False}
+
+    def post(url: str, body: bytes) -> tuple[int, str, bytes]:
+        if not up["ok"]:
+            raise OSError("witness down")
+        return partners.http_post(url, body)
+
+    monkeypatch.setattr(api.cli, "_http_post", lambda timeout: post)
+    args = [x for spec in specs(partners) for x in ("--witness", spec)]
+    assert "no witnesses" in run_cli(cli, "settle", "witnesses").output
+    refused = run_cli(cli, "settle", "witnesses", *args, code=2)  # --quorum missing
+    assert "--quorum" in refused.output
+    bad = run_cli(cli, "settle", "witnesses", *args, "--quorum", "3", code=1)
+    assert "quorum must be between 1 and 2" in bad.output
+    saved = run_cli(cli, "settle", "witnesses", *args, "--quorum", "2").output
+    assert "closes wait for 2 of 2 witnesses" in saved
+
+    missed = run_cli(cli, "settle", "close", "2026-03", "--as", "ann", code=1)
+    assert "witness-quorum-not-met" in missed.output
+    assert "0 of the 2 witness cosignatures" in missed.output
+    assert "Traceback" not in missed.output
+    assert golden.run(lambda conn: service.period_close(conn, "2026-03")) is None
+    with golden.db.engine.connect() as conn:
+        assert audit_events(conn, subject="settlement:2026-03") == []
+
+    up["ok"] = True
+    closed = run_cli(cli, "settle", "close", "2026-03", "--as", "ann").output
+    assert "cosigned by partner-w1.example/witness, partner-w2.example/witness" in closed
+    with golden.db.engine.connect() as conn:
+        (event,) = audit_events(conn, subject="settlement:2026-03")
+    assert sorted(event.after["witnesses"]) == sorted(e.name for e in partners.endpoints)
+    assert "no witnesses" in run_cli(cli, "settle", "witnesses", "--clear").output
+
+
+def test_coalition_settle_proofs_writes_every_entry_of_a_line(
+    initialised: Any,  # noqa: F811
+    golden: Coalition,  # noqa: F811
+    cli: Any,  # noqa: F811
+    key_file: Any,  # noqa: F811
+    tmp_path: Any,
+) -> None:
+    run_cli(cli, "settle", "close", "2026-03", "--as", "ann")
+    run_cli(cli, "settle", "prepare", "2026-03", "--as", "ann")
+    out = tmp_path / "proofs.jsonl"
+    done = run_cli(
+        cli, "settle", "proofs", "2026-03", "--partner", "SUPER", "--line", "1", "--out", str(out)
+    )
+    assert "3 entries, 1980000 points; the line counts 1980000" in done.output
+    header, *entries = [json.loads(line) for line in out.read_text().splitlines()]
+    assert (header["flow"], header["points"], header["sums_entries"]) == (
+        "ISSUANCE",
+        1_980_000,
+        True,
+    )
+    checkpoint, _ = open_checkpoint(
+        header["checkpoint"]["note"],
+        [load_key(key_file).verifier],
+        origin=header["checkpoint"]["log"],
+    )
+    for entry in entries:
+        merkle.verify_inclusion(
+            bytes.fromhex(entry["leaf_hash"]),
+            entry["index"],
+            checkpoint.size,
+            [bytes.fromhex(h) for h in entry["inclusion_proof"]],
+            checkpoint.root,
+        )
+    assert sum(entry["points"] for entry in entries) == 1_980_000
+    fee = run_cli(cli, "settle", "proofs", "2026-03", "--partner", "SUPER", "--line", "4")
+    assert "0 entries, 0 points" in fee.output
+    assert '"sums_entries": false' in fee.output
+    missing = run_cli(
+        cli, "settle", "proofs", "2026-03", "--partner", "SUPER", "--line", "9", code=1
+    )
+    assert "unknown-statement-line" in missing.output
