@@ -143,6 +143,7 @@ def _register_blueprints(api: Api) -> None:
         log,
         members,
         points,
+        reports,
         rules,
         settlement,
         tiers,
@@ -150,6 +151,7 @@ def _register_blueprints(api: Api) -> None:
 
     for module in (health, log, points, earning, members, admin, settlement, batches, rules, tiers):
         api.register_blueprint(module.blp)
+    api.register_blueprint(reports.blp)
 
 
 def _observe(app: Flask) -> None:

@@ -60,6 +60,8 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "settlement.write": frozenset({FINANCE}),
     "settlement.payments": frozenset({FINANCE, AUDITOR}),
     "settlement.countersign": frozenset({PARTNER}),
+    # Inclusion proofs of the entries a statement line sums (a partner: its own statement only).
+    "settlement.proofs": frozenset({FINANCE, AUDITOR, PARTNER}),
     "disputes.open": frozenset({PARTNER}),
     "disputes.decide": frozenset({FINANCE}),
     # Batches, rules and tiers (issue 5 point 5).
@@ -68,6 +70,10 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "rules.write": frozenset({ADMIN}),
     "tiers.read": frozenset({PARTNER, ADMIN, AUDITOR}),
     "tiers.write": frozenset({ADMIN}),
+    # Reports (issue 7 point 6): the trial balance lists every account, so staff only; partners
+    # read their own rows of the per-partner reports (enforced by api/resources/reports.py).
+    "reports.trial_balance": frozenset({AUDITOR, FINANCE}),
+    "reports.partner": frozenset({AUDITOR, FINANCE, PARTNER}),
 }
 
 

@@ -32,6 +32,7 @@ from ledger.errors import LedgerError
 from ledger.integrator import Integrator
 from ledger.keys import create_key, load_key, next_origin
 from ledger.note import NoteSigner
+from ledger.numbers import format_cents
 from ledger.receipts import receipt
 from ledger.repository import SqlLedgerStore
 from ledger.service import Ledger
@@ -228,27 +229,39 @@ def audit_verify(
     from ledger.note import NoteVerifier
 
     trusted = [NoteVerifier.from_vkey(k) for k in keys_] or None
+    show = sys.stderr.isatty() if progress is None else progress
     if bundle is not None:
-        with _progress(sys.stderr.isatty() if progress is None else progress) as report_progress:
+        with _progress(show) as report_progress:
             report = verify_bundle(bundle, trusted, workers=workers, progress=report_progress)
     else:
         db = _database(Settings.from_env())
-        with db.engine.connect() as conn:
-            report = verify_database(conn, trusted)
+        with db.engine.connect() as conn, _progress(show, in_bytes=False) as report_progress:
+            report = verify_database(conn, trusted, progress=report_progress)
     click.echo(json.dumps(report.to_json(), indent=2) if as_json else report.to_text())
     sys.exit(0 if report.ok else 1)
 
 
 @contextmanager
-def _progress(show: bool) -> Iterator[Callable[[str, int, int], None] | None]:
-    """A rich progress bar on stderr fed by the verifier's (phase, done, total) calls."""
+def _progress(
+    show: bool, *, in_bytes: bool = True
+) -> Iterator[Callable[[str, int, int], None] | None]:
+    """A rich progress bar on stderr fed by the verifier's (phase, done, total) calls, counted
+    in bytes (a bundle's files) or in items (the live database's leaves)."""
     if not show:
         yield None
         return
     from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
-    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn())
+    amount = DownloadColumn() if in_bytes else MofNCompleteColumn()
+    columns = (TextColumn("{task.description}"), BarColumn(), amount)
     with Progress(*columns, TimeRemainingColumn(), console=Console(stderr=True)) as bar:
         tasks: dict[str, Any] = {}
 
@@ -264,13 +277,29 @@ def _progress(show: bool) -> Iterator[Callable[[str, int, int], None] | None]:
 @click.option(
     "--out",
     required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="A new (or empty) directory for the bundle.",
+    type=click.Path(path_type=Path),
+    help="A new (or empty) directory for the bundle; the file to write for beancount.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["bundle", "beancount"]),
+    default="bundle",
+    show_default=True,
+    help="bundle: what audit verify --bundle checks; beancount: both books as a ledger file.",
 )
 @clear_errors
-def audit_export(out: Path) -> None:
-    """Write a self-contained bundle an auditor verifies offline (audit verify --bundle)."""
+def audit_export(out: Path, fmt: str) -> None:
+    """Write a self-contained bundle an auditor verifies offline (audit verify --bundle).
+
+    With --format beancount, write both books (PTS and EUR) as a beancount file instead.
+    """
     db = _database(Settings.from_env())
+    if fmt == "beancount":
+        _export_beancount(db, out)
+        return
+    if out.exists() and not out.is_dir():
+        raise click.ClickException(f"{out} is a file: a bundle is written into a directory")
     summary = export_database(db.engine, out, now=datetime.now(UTC))
     click.echo(
         f"bundle {summary.path}: logs {', '.join(summary.logs) or '(none)'}; {summary.leaves} "
@@ -292,6 +321,204 @@ def audit_prove(entry_id: UUID, fmt: str) -> None:
         raise click.ClickException(f"entry {entry_id} is not in the log yet (run the integrator)")
     click.echo(
         json.dumps(found.to_json(), indent=2) if fmt == "json" else found.tlog_proof(), nl=False
+    )
+
+
+@audit.command("check-receipt")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--key", "keys_", required=True, multiple=True,
+              help="Trusted log verifier key (repeatable; `coalition keys show` prints it).")
+@clear_errors
+def audit_check_receipt(path: Path, keys_: tuple[str, ...]) -> None:
+    """Verify a receipt offline, without the database: signature, leaf, inclusion proof."""
+    from ledger.note import NoteVerifier
+    from ledger.receipts import Receipt, verify_receipt
+
+    try:
+        found = Receipt.from_json(json.loads(path.read_text(encoding="utf-8")))
+    except ValueError as exc:  # not JSON; a JSON document that is no receipt is a ProofError
+        raise click.ClickException(f"{path} is not a receipt: {exc}") from None
+    leaf = verify_receipt(found, [NoteVerifier.from_vkey(k) for k in keys_])
+    click.echo(f"OK: entry {found.entry_id} ({leaf.body['kind']}) is leaf {found.index} of "
+               f"{found.log}, under a checkpoint of size {found.tree_size} signed by the key")
+
+
+def _export_beancount(db: Database, out: Path) -> None:
+    """Write both books as a beancount file (checked by bean-check in the tests)."""
+    from audit.beancount import write_beancount
+
+    if out.is_dir():
+        raise click.ClickException(f"{out} is a directory: --format beancount writes one file")
+    with db.engine.connect() as conn, out.open("w", encoding="utf-8") as stream:
+        summary = write_beancount(conn, stream)
+    click.echo(
+        f"beancount {out}: {summary.transactions} transactions ({summary.unlogged} not yet "
+        f"logged), {summary.accounts} accounts"
+    )
+
+
+@audit.group("report")
+def audit_report() -> None:
+    """Reports for auditors and finance: trial balance, liability, breakage, exposure."""
+
+
+def _report_output(function: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")(
+        function
+    )
+
+
+def _table(title: str, headers: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
+    """A rich table on stdout; numbers right-aligned."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for position, header in enumerate(headers):
+        table.add_column(header, justify="left" if position == 0 else "right", overflow="fold")
+    for row in rows:
+        table.add_row(*("" if cell is None else str(cell) for cell in row))
+    Console().print(table)
+
+
+@audit_report.command("trial-balance")
+@click.option(
+    "--size",
+    type=int,
+    help="Tree size: the first N leaves of the log (default: the latest signed checkpoint's).",
+)
+@click.option("--by", type=click.Choice(["account", "kind"]), default="account", show_default=True)
+@_report_output
+@clear_errors
+def audit_report_trial_balance(size: int | None, by: str, as_json: bool) -> None:
+    """Every account of both books over a prefix of the log; exit 1 if a book does not balance."""
+    from audit import reports
+
+    db = _database(Settings.from_env())
+    with db.engine.connect() as conn:
+        report = reports.trial_balance(conn, size, by=by)  # type: ignore[arg-type]
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        cut = report.cut
+        _table(
+            f"Trial balance of {cut.log or '(no log)'} at tree size {cut.size}",
+            ("account" if by == "account" else "kind", "book", "debit", "credit"),
+            [
+                (line.key, line.book.value, *_debit_credit(line.book.value, line.balance))
+                for line in report.lines
+            ],
+        )
+        signed = f"signed root {cut.root.hex()}" if cut.root is not None else "no checkpoint"
+        click.echo(f"{report.entries} entries covered; log size {cut.log_size}; {signed}")
+        for total in report.totals:
+            debits, credits = _debit_credit(total.book.value, total.debits, total.credits)
+            verdict = "balances" if total.balanced else f"DOES NOT BALANCE (net {total.net})"
+            click.echo(f"{total.book.value} {verdict}: debits {debits} = credits {credits}"
+                       if total.balanced
+                       else f"{total.book.value} {verdict}: debits {debits}, credits {credits}")
+    if not report.balanced:
+        sys.exit(1)
+
+
+def _debit_credit(book: str, *amounts: int) -> tuple[str, ...]:
+    """Trial balance cells: one (debit, credit) pair for a balance, or the totals as given."""
+    def show(value: int) -> str:
+        return format_cents(value) if book == "EUR" else str(value)
+
+    if len(amounts) == 1:
+        value = amounts[0]
+        return (show(value), "") if value >= 0 else ("", show(-value))
+    return tuple(show(value) for value in amounts)
+
+
+@audit_report.command("liability")
+@click.option("--by", type=click.Choice(["partner", "vintage"]), default="partner",
+              show_default=True, help="Per funding partner, or per month earned (Paris).")
+@click.option("--partner", help="Only the points this partner funded.")
+@_report_output
+@clear_errors
+def audit_report_liability(by: str, partner: str | None, as_json: bool) -> None:
+    """Outstanding points (the members' lots) by funding partner or by vintage."""
+    from audit import reports
+
+    db = _database(Settings.from_env())
+    with db.engine.connect() as conn:
+        report = reports.liability(conn, by=by, partner=partner)  # type: ignore[arg-type]
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+        return
+    _table(
+        f"Outstanding points by {by}",
+        (by, "points", "pending", "lots"),
+        [(x.key, x.points, x.pending, x.lots) for x in report.lines],
+    )
+    click.echo(f"total {report.points} points ({report.pending} pending)")
+    if report.member_points is not None:
+        state = "reconciles with" if report.reconciled else "DOES NOT MATCH"
+        click.echo(f"{state} the member accounts: {report.member_points} points")
+
+
+@audit_report.command("breakage")
+@click.option("--period", help="Only this period (2026-03), by ledger time; default: every month.")
+@click.option("--partner", help="Only the lots this partner funded.")
+@_report_output
+@clear_errors
+def audit_report_breakage(period: str | None, partner: str | None, as_json: bool) -> None:
+    """Points expired or forfeited, attributed to the funder of their lots, per month."""
+    from audit import reports
+
+    db = _database(Settings.from_env())
+    with db.engine.connect() as conn:
+        report = reports.breakage(conn, period=period, partner=partner)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+        return
+    _table(
+        f"Breakage{' in ' + report.period if report.period else ''}",
+        ("period", "partner", "points"),
+        [(x.period, x.partner, x.points) for x in report.lines],
+    )
+    click.echo(f"total {report.points} points")
+
+
+@audit_report.command("exposure")
+@click.option(
+    "--at",
+    type=click.DateTime(formats=["%Y-%m-%dT%H:%M:%S%z"]),
+    help="Price with the contracts in force at this instant (ISO 8601 with offset); default now.",
+)
+@click.option("--partner", help="Only this partner.")
+@_report_output
+@clear_errors
+def audit_report_exposure(at: datetime | None, partner: str | None, as_json: bool) -> None:
+    """Outstanding points × each funder's reimbursement price, rounded once per partner."""
+    from audit import reports
+
+    db = _database(Settings.from_env())
+    with db.engine.connect() as conn:
+        report = reports.exposure(conn, at=at or datetime.now(UTC), partner=partner)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+        return
+    _table(
+        f"Partner exposure at {report.at.isoformat()}",
+        ("partner", "points", "contract", "q (EUR)", "mode", "EUR"),
+        [
+            (
+                x.partner,
+                x.points,
+                None if x.contract_version is None else f"v{x.contract_version}",
+                x.price,
+                x.rounding_mode,
+                "no contract" if x.cents is None else format_cents(x.cents),
+            )
+            for x in report.lines
+        ],
+    )
+    click.echo(
+        f"total {format_cents(report.cents)} EUR; {report.unpriced_points} points unpriced, "
+        f"{report.program_points} funded by the programme"
     )
 
 
@@ -696,32 +923,151 @@ def _audit_step(conn: Any, user: str, action: str, period: str, after: dict[str,
 @settle.command("close")
 @_period_argument
 @_finance_user
+@click.option(
+    "--witness",
+    "witness_specs",
+    multiple=True,
+    help="A witness as URL=VKEY (repeatable); default: those saved by `settle witnesses`.",
+)
+@click.option("--quorum", type=click.IntRange(1), help="Cosignatures required (with --witness).")
+@click.option(
+    "--timeout",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(0.1, 300),
+    help="Seconds to wait for each witness.",
+)
 @clear_errors
-def settle_close(period: str, user: str) -> None:
-    """Close PERIOD on the signed checkpoint covering it (integrating what waits first)."""
+def settle_close(
+    period: str, user: str, witness_specs: tuple[str, ...], quorum: int | None, timeout: float
+) -> None:
+    """Close PERIOD on the signed checkpoint covering it (integrating what waits first).
+
+    With witnesses (given here or saved), the checkpoint must be cosigned by their quorum: without
+    it the close is refused and nothing is recorded.
+    """
+    from api.resources.settlement import close_detail, close_period
     from settlement import service
 
     settings = Settings.from_env()
     db = _database(settings)
-    with db.transaction() as conn:
-        close = service.close_period(
-            conn,
-            period,
-            now=datetime.now(UTC),
-            closed_by=user,
-            integrator=log_integrator(_signer(settings)),
-        )
-        _audit_step(
-            conn,
-            user,
-            "settlement.close",
-            close.period.label,
-            {"checkpoint_size": close.checkpoint.size},
-        )
+    if witness_specs or quorum is not None:
+        policy: service.WitnessPolicy | None = _witness_policy(witness_specs, quorum)
+    else:
+        with db.transaction() as conn:
+            policy = service.close_witness_policy(conn)
+    close = close_period(
+        db.transaction,
+        period,
+        now=datetime.now(UTC),
+        by=user,
+        integrator=log_integrator(_signer(settings)),
+        policy=policy,
+        http_post=_http_post(timeout),
+        record=lambda conn, close: _audit_step(
+            conn, user, "settlement.close", close.period.label, close_detail(close)
+        ),
+    )
+    witnesses = service.close_cosigners(close)
     click.echo(
         f"{close.period.label} closed by {close.closed_by} on checkpoint "
         f"{close.checkpoint.log} size {close.checkpoint.size}"
+        + (f", cosigned by {', '.join(witnesses)}" if witnesses else "")
     )
+
+
+def _witness_policy(specs: tuple[str, ...], quorum: int | None) -> Any:
+    """The witnesses and quorum given on the command line, each witness parsed and checked."""
+    from audit.publish import parse_witness
+    from settlement.service import WitnessPolicy
+
+    if not specs or quorum is None:
+        raise click.UsageError("give --witness (one or more) together with --quorum")
+    for spec in specs:
+        parse_witness(spec)
+    return WitnessPolicy(tuple(specs), quorum)
+
+
+@settle.command("witnesses")
+@click.option(
+    "--witness", "witness_specs", multiple=True, help="A witness as URL=VKEY (repeatable)."
+)
+@click.option("--quorum", type=click.IntRange(1), help="Cosignatures a close requires.")
+@click.option("--clear", is_flag=True, help="Forget the witnesses: closes rest on the log key.")
+@clear_errors
+def settle_witnesses(witness_specs: tuple[str, ...], quorum: int | None, clear: bool) -> None:
+    """Show, save (--witness … --quorum K) or --clear the witnesses every close waits for."""
+    from settlement import service
+
+    db = _database(Settings.from_env())
+    with db.transaction() as conn:
+        if clear:
+            if witness_specs or quorum is not None:
+                raise click.UsageError("--clear takes no --witness or --quorum")
+            service.set_close_witness_policy(conn, None, datetime.now(UTC))
+        elif witness_specs or quorum is not None:
+            service.set_close_witness_policy(
+                conn, _witness_policy(witness_specs, quorum), datetime.now(UTC)
+            )
+        policy = service.close_witness_policy(conn)
+    if policy is None:
+        click.echo("no witnesses: closes rest on the log's signature alone")
+        return
+    click.echo(f"closes wait for {policy.quorum} of {len(policy.witnesses)} witnesses:")
+    for spec in policy.witnesses:
+        click.echo(f"  {spec}")
+
+
+@settle.command("proofs")
+@_period_argument
+@click.option("--partner", required=True, help="The statement's partner.")
+@click.option(
+    "--line", "number", required=True, type=click.IntRange(1), help="Line number, from 1."
+)
+@click.option(
+    "--out", type=click.Path(dir_okay=False, path_type=Path), help="Write JSON Lines here."
+)
+@clear_errors
+def settle_proofs(period: str, partner: str, number: int, out: Path | None) -> None:
+    """The entries line N of PARTNER's PERIOD statement sums, each with its inclusion proof.
+
+    JSON Lines: the line and the signed checkpoint of the close first, then one entry per line
+    (leaf, index, points, proof against that checkpoint). Exit 1 if the points do not add up.
+    """
+    from api.resources.settlement import line_proofs_json
+    from settlement import proofs
+
+    db = _database(Settings.from_env())
+    total = count = 0
+    sink = out.open("w", encoding="utf-8") if out is not None else None
+    try:
+        with db.engine.connect() as conn:
+            for page in proofs.all_line_proofs(conn, period, partner, number):
+                document = line_proofs_json(page)
+                items = document.pop("items")
+                if count == 0:
+                    document.pop("next_cursor")
+                    _emit(sink, document)
+                for item in items:
+                    _emit(sink, item)
+                count += len(items)
+                total += sum(entry.points for entry in page.entries)
+                line = page.line
+    finally:
+        if sink is not None:
+            sink.close()
+    summary = f"{count} entries, {total} points; the line counts {line.points}"
+    if total != line.points:
+        raise click.ClickException(f"{summary}: they do not add up")
+    click.echo(summary + (f", written to {out}" if out is not None else ""), err=True)
+
+
+def _emit(sink: Any, document: dict[str, Any]) -> None:
+    text = json.dumps(document, default=str, ensure_ascii=False)
+    if sink is None:
+        click.echo(text)
+    else:
+        sink.write(text + "\n")
 
 
 @settle.command("prepare")

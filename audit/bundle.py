@@ -17,13 +17,18 @@ rows in memory at a time)::
     audit.jsonl        the audit_events rows, in the same form
     balances.jsonl     the cached balances: {"account", "balance", "shard"}
     lots.jsonl         the cached lots: terms, remaining, pending
+    contracts.jsonl    every partner contract version's settlement terms (prices, fee, rounding
+                       mode, carry-forward threshold)
+    statements.jsonl   one line per prepared settlement period: its close (and the signed
+                       checkpoint it cites), the run document and every statement document
+                       exactly as stored, with their recorded SHA-256 and signed notes
 
 :func:`verify_bundle` checks a bundle with nothing else but the trusted log keys: the manifest,
 then one streaming pass over the leaves (canonical bytes, the chain, gapless indices, the Merkle
 tree as a stack of O(log n) peaks against every signed checkpoint, every entry's rules, each entry
 and audit event against the tables' record), then the caches against what the leaves imply,
-compared bucket by bucket (:mod:`audit.tally`) so memory stays flat however long the log. It
-reports every finding.
+compared bucket by bucket (:mod:`audit.tally`) so memory stays flat however long the log, then
+the statements (:mod:`audit.statementcheck`). It reports every finding.
 The byte-level format is specified in docs/AUDITING.md and docs/VERIFYING.md §10.
 """
 
@@ -34,13 +39,15 @@ import hashlib
 import json
 import os
 import re
+from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from multiprocessing import get_context
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -52,13 +59,17 @@ from audit.leafscan import (
     ENTRY_KINDS,
     ChunkResult,
     Effects,
+    balance_row,
     check_entry,
+    fold_cache_chunk,
     leaf_bytes,
-    lot_terms,
+    lot_cache_values,
+    lot_row,
     scan_chunk,
 )
 from audit.log import event_from_row
-from audit.tally import BUCKETS, Tally, differences, fold_many
+from audit.statementcheck import BundleStatements, export_contracts, export_statements
+from audit.tally import BUCKETS, Tally, differences
 from audit.verify import Report
 from ledger import merkle
 from ledger import tables as t
@@ -80,6 +91,8 @@ FILES = (
     "audit.jsonl",
     "balances.jsonl",
     "lots.jsonl",
+    "contracts.jsonl",
+    "statements.jsonl",
 )
 TRUST_POLICY = {
     "log_keys": (
@@ -91,16 +104,15 @@ TRUST_POLICY = {
     "witness_note": "no witnesses are configured yet; compare checkpoints you hold yourself",
 }
 _BATCH = 2000
-_CHUNK = 4000
-# A number with a fraction or exponent, or of 16 digits or more, outside the profile's integers.
-_SUSPECT = re.compile(
-    rb"[:,\[]-?[0-9]+(?:\.[0-9]+(?:[eE][-+]?[0-9]+)?|[eE][-+]?[0-9]+)[,}\]]|[:,\[]-?[0-9]{16}|NaN|Infinity"
-)
-_LINE = re.compile(
+_CHUNK_BYTES = 2 << 20
+# The head of a line of entries.jsonl / audit.jsonl as the exporter writes it; the record runs
+# from there to the line's closing brace (matched as a prefix: no pass over the record's bytes).
+_HEAD = re.compile(
     rb'\{"index":(null|0|[1-9][0-9]{0,18}),"log":(null|"[^"\\]*"),"queued":(true|false),'
-    rb'"record":(.*)\}',
-    re.DOTALL,
+    rb'"record":'
 )
+
+_R = TypeVar("_R")
 
 Progress = Callable[[str, int, int], None]
 """Called as (phase, done, total) while a long phase runs (bytes of the file being read)."""
@@ -178,6 +190,10 @@ def export_bundle(conn: Connection, out: Path, *, now: datetime) -> ExportSummar
     events = files["audit.jsonl"].lines + _export_unlogged_events(conn, files["audit.jsonl"])
     _export_checkpoints(conn, [origin for origin, _, _ in logs], files["checkpoints.jsonl"])
     _export_caches(conn, files["balances.jsonl"], files["lots.jsonl"])
+    for line in export_contracts(conn):
+        files["contracts.jsonl"].line(line)
+    for line in export_statements(conn):
+        files["statements.jsonl"].line(line)
     entries = files["entries.jsonl"].lines
     manifest = {
         "format": FORMAT,
@@ -314,15 +330,13 @@ def _leaf_line(log: str, index: int, data: bytes) -> bytes:
 
 
 def _record_bytes(record: dict[str, Any]) -> bytes:
-    """The canonical bytes of a record, as a leaf holds them; the C codec where that is exact."""
-    text = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    data = text.encode()
-    if text.isascii() and b"\\" not in data and not _SUSPECT.search(data):
-        return data
+    """The canonical bytes of a record, as a leaf holds them (canonical_bytes takes the C
+    encoder where that is exact)."""
     try:
         return canonical_bytes(record)
-    except LedgerError:
-        return data  # outside the profile: written as is, and the verifier will say it differs
+    except LedgerError:  # outside the profile: written as is; the verifier will say it differs
+        text = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return text.encode()
 
 
 def _record_line(index: int | None, log: str | None, queued: bool, record: bytes) -> bytes:
@@ -404,6 +418,7 @@ class _BundleVerifier:
         self.path = path
         self.trusted = trusted
         self.workers = max(1, workers)
+        self.pool: ProcessPoolExecutor | None = None
         self.progress = progress or (lambda phase, done, total: None)
         self.secret = os.urandom(32)
         self.buckets = buckets
@@ -423,19 +438,36 @@ class _BundleVerifier:
     def run(self) -> Report:
         if not self.path.is_dir():
             raise BundleError(f"{self.path} is not a bundle directory")
-        self._check_manifest()
-        keyring = self._load_keys()
-        self._load_checkpoints(keyring)
-        entries = _Joined(self.path / "entries.jsonl", self._ordinal, self._format_error)
-        events = _Joined(self.path / "audit.jsonl", self._ordinal, self._format_error)
-        self._scan_leaves(entries, events, keyring)
-        self._leftover_entries(entries)
-        self._leftover_events(events)
-        self._read_caches()
-        self._compare_tallies()
-        if any(self.books.values()):
-            self.findings += [Finding("book-sum", b, 0, v) for b, v in self.books.items() if v]
-        return Report(list(self.logs), self.leaves, self.findings, self.notes, source="bundle")
+        with ThreadPoolExecutor(1) as hasher:
+            manifest = hasher.submit(self._check_manifest)
+            keyring = self._load_keys()
+            self._load_checkpoints(keyring)
+            entries = _Joined(self.path / "entries.jsonl", self._ordinal, self._format_error)
+            events = _Joined(self.path / "audit.jsonl", self._ordinal, self._format_error)
+            with self._workers():
+                self._scan_leaves(entries, events, keyring)
+                self._leftover_entries(entries)
+                self._leftover_events(events)
+                self._read_caches()
+            self._compare_tallies()
+            self._check_statements(keyring)
+            if any(self.books.values()):
+                self.findings += [Finding("book-sum", b, 0, v) for b, v in self.books.items() if v]
+            findings = manifest.result() + self.findings  # the files first, as they are read
+        return Report(list(self.logs), self.leaves, findings, self.notes, source="bundle")
+
+    @contextmanager
+    def _workers(self) -> Iterator[None]:
+        """The pool of worker processes, when more than one is asked for."""
+        if self.workers == 1:
+            yield
+            return
+        with ProcessPoolExecutor(self.workers, mp_context=get_context("spawn")) as pool:
+            self.pool = pool
+            try:
+                yield
+            finally:
+                self.pool = None
 
     def _format_error(self, where: str, why: str) -> None:
         self.findings.append(Finding("bundle-format", where, "a well-formed line", why))
@@ -447,24 +479,31 @@ class _BundleVerifier:
 
     # -- manifest and keys --------------------------------------------------------------------
 
-    def _check_manifest(self) -> None:
+    def _check_manifest(self) -> list[Finding]:
+        """Every file against the manifest's SHA-256. Runs in a thread beside the other checks
+        (hashlib hashes large blocks without holding the GIL), so it returns its findings."""
+        found: list[Finding] = []
+
+        def format_error(where: str, why: str) -> None:
+            found.append(Finding("bundle-format", where, "a well-formed line", why))
+
         try:
             manifest = json.loads((self.path / "manifest.json").read_text(encoding="utf-8"))
             listed = dict(manifest["files"])
             if manifest.get("format") != FORMAT:
-                self._format_error("manifest.json", f"format {manifest.get('format')!r}")
+                format_error("manifest.json", f"format {manifest.get('format')!r}")
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            self._format_error("manifest.json", str(exc))
+            format_error("manifest.json", str(exc))
             listed = {}
         present = {p.name for p in self.path.iterdir() if p.name != "manifest.json"}
         for name in sorted(present - set(listed)):
-            self.findings.append(Finding("manifest-extra", name, "not in the bundle", "present"))
+            found.append(Finding("manifest-extra", name, "not in the bundle", "present"))
         total = sum(int(info.get("bytes", 0)) for info in listed.values())
         done = 0
         for name, info in sorted(listed.items()):
             file = self.path / name
             if name not in present or not file.is_file():
-                self.findings.append(Finding("manifest-missing", name, info.get("sha256"), None))
+                found.append(Finding("manifest-missing", name, info.get("sha256"), None))
                 continue
             digest = hashlib.sha256()
             with file.open("rb") as handle:
@@ -473,11 +512,12 @@ class _BundleVerifier:
                     done += len(block)
                     self.progress("manifest", done, total)
             if digest.hexdigest() != info.get("sha256"):
-                found = digest.hexdigest()
-                self.findings.append(Finding("manifest-hash", name, info.get("sha256"), found))
+                actual = digest.hexdigest()
+                found.append(Finding("manifest-hash", name, info.get("sha256"), actual))
         for name in FILES:
             if not (self.path / name).is_file():
-                self._format_error(name, "missing")
+                format_error(name, "missing")
+        return found
 
     def _load_keys(self) -> list[NoteVerifier]:
         try:
@@ -543,7 +583,7 @@ class _BundleVerifier:
     def _scan_leaves(self, entries: _Joined, events: _Joined, keyring: list[NoteVerifier]) -> None:
         current: _LogState | None = None
         finished: set[str] = set()
-        for lines, result in self._chunks():
+        for chunk, result in self._chunks():
             self.findings += result.findings
             for name, folded in result.folded.items():
                 self.tallies[name].add("log", folded)
@@ -553,8 +593,7 @@ class _BundleVerifier:
                 line_no, log = scanned[0], scanned[1]
                 if current is None or (log is not None and log != current.origin):
                     current = self._switch(current, log, finished, keyring, line_no)
-                raw = lines[line_no - result.leaves[0][0]]
-                self._take_leaf(current, scanned, raw, entries, events)
+                self._take_leaf(current, scanned, chunk, entries, events)
         if current is not None:
             self._finish(current, keyring)
             finished.add(current.origin)
@@ -592,7 +631,7 @@ class _BundleVerifier:
         return self.logs[log]
 
     def _take_leaf(
-        self, state: _LogState, scanned: Any, raw: bytes, entries: _Joined, events: _Joined
+        self, state: _LogState, scanned: Any, chunk: _Chunk, entries: _Joined, events: _Joined
     ) -> None:
         _, log, index, prev, leaf_hash, stamp, kind, digest, extra = scanned
         self.leaves += 1
@@ -612,10 +651,10 @@ class _BundleVerifier:
         subject = f"{state.origin}#{index}"
         if kind in ENTRY_KINDS:
             line = entries.take((self.order[state.origin], index))
-            self._compare(subject, line, digest, raw, "entry")
+            self._compare(subject, line, digest, chunk, scanned[0], "entry")
         elif kind == AUDIT:
             line = events.take((self.order[state.origin], index))
-            self._compare(subject, line, digest, raw, "audit")
+            self._compare(subject, line, digest, chunk, scanned[0], "audit")
 
     def _sequence(self, state: _LogState, index: int) -> None:
         subject = f"{state.origin}#{index}"
@@ -656,7 +695,13 @@ class _BundleVerifier:
                 state.mismatched.append((size, root, signed))
 
     def _compare(
-        self, subject: str, line: _Line | None, digest: bytes, raw: bytes, what: str
+        self,
+        subject: str,
+        line: _Line | None,
+        digest: bytes,
+        chunk: _Chunk,
+        line_no: int,
+        what: str,
     ) -> None:
         if line is None:
             check = "entry-unrecorded" if what == "entry" else "audit-missing"
@@ -668,7 +713,7 @@ class _BundleVerifier:
         if what == "audit":
             self.findings.append(Finding("audit-altered", subject, "the leaf's event", "differs"))
             return
-        leaf_body = _leaf_body(raw)
+        leaf_body = _leaf_body(chunk.line(line_no))
         table = _loads(record)
         found = table.get("id") if isinstance(table, dict) else None
         self.findings.append(
@@ -790,51 +835,51 @@ class _BundleVerifier:
         if queued:
             self.notes.append(f"{queued} audit events were queued for the log at export")
 
+    # -- statements ----------------------------------------------------------------------------
+
+    def _check_statements(self, keyring: list[NoteVerifier]) -> None:
+        """Each period's statements against their hashes, notes, close and contracts."""
+        checker = BundleStatements(keyring)
+        for line_no, line in _lines(self.path / "contracts.jsonl"):
+            problem = checker.add_contract(line)
+            if problem is not None:
+                self._format_error(f"contracts.jsonl:{line_no}", problem)
+        verified = {origin: state.checkpoints for origin, state in self.logs.items()}
+        for line_no, line in _lines(self.path / "statements.jsonl"):
+            problem = checker.check(line, verified)
+            if problem is not None:
+                self._format_error(f"statements.jsonl:{line_no}", problem)
+        self.findings += checker.findings
+        if checker.unsigned:
+            self.notes.append(
+                f"{checker.unsigned} statements carry no signed note yet (none was asked for): "
+                "they are checked against their recorded hashes, their run and their lines"
+            )
+
     # -- caches --------------------------------------------------------------------------------
 
     def _read_caches(self) -> None:
-        """Fold the cached balances and lots into the tallies' cache side, a batch at a time."""
-        batch = Effects()
-
-        def flush(every: int) -> None:
-            nonlocal batch
-            if sum(len(values) for values in batch.values.values()) >= every:
-                for name, folded in fold_many(batch.values, self.secret, self.buckets).items():
-                    self.tallies[name].add("cache", folded)
-                batch = Effects()
-
-        def balance(account: str, value: int) -> None:
-            batch.add("balance", account, value)
-            if account.startswith("member:") and value < 0:
-                self.findings.append(Finding("negative-balance", account, 0, value))
-            flush(_CHUNK)
-
-        def lot(row: dict[str, Any]) -> None:
-            for name, key, value in _lot_cache_values(row):
-                batch.add(name, key, value)
-            flush(_CHUNK)
-
-        self._each_balance(balance)
-        self._each_lot(lot)
-        flush(1)
+        """Fold the cached balances and lots into the tallies' cache side, a chunk at a time (in
+        the worker processes too, when there are several)."""
+        for name in ("balances.jsonl", "lots.jsonl"):
+            for _, result in self._map_chunks(name, fold_cache_chunk, name):
+                for tally, folded in result.folded.items():
+                    self.tallies[tally].add("cache", folded)
+                self.findings += result.findings
+                for where, why in result.errors:
+                    self._format_error(where, why)
 
     def _each_balance(self, take: Callable[[str, int], None]) -> None:
-        for line_no, line in _lines(self.path / "balances.jsonl"):
-            try:
-                row = json.loads(line)
-                account, balance = str(row["account"]), int(row["balance"])
-            except (ValueError, KeyError, TypeError) as exc:
-                self._format_error(f"balances.jsonl:{line_no}", str(exc))
-                continue
-            take(account, balance)
+        for _, line in _lines(self.path / "balances.jsonl"):
+            found = balance_row(line)
+            if not isinstance(found, str):
+                take(*found)
 
     def _each_lot(self, take: Callable[[dict[str, Any]], None]) -> None:
-        for line_no, line in _lines(self.path / "lots.jsonl"):
-            row = _loads(line)
-            if not _is_lot(row):
-                self._format_error(f"lots.jsonl:{line_no}", "not a lot")
-                continue
-            take(row)
+        for _, line in _lines(self.path / "lots.jsonl"):
+            row = lot_row(line)
+            if row is not None:
+                take(row)
 
     def _compare_tallies(self) -> None:
         """Name the keys of every bucket whose two sides disagree (a second, filtered read)."""
@@ -873,7 +918,7 @@ class _BundleVerifier:
         self._each_balance(lambda account, balance: keep("balance", account, balance))
 
         def lot(row: dict[str, Any]) -> None:
-            for name, key, value in _lot_cache_values(row):
+            for name, key, value in lot_cache_values(row):
                 keep(name, key, value)
 
         self._each_lot(lot)
@@ -881,34 +926,109 @@ class _BundleVerifier:
 
     # -- reading leaves in chunks, in this process or in several ------------------------------
 
-    def _chunks(self) -> Iterator[tuple[list[bytes], ChunkResult]]:
-        path = self.path / "leaves.jsonl"
+    def _chunks(self) -> Iterator[tuple[_Chunk, ChunkResult]]:
+        yield from self._map_chunks("leaves.jsonl", scan_chunk)
+
+    def _map_chunks(
+        self, name: str, work: Callable[..., _R], *head: Any
+    ) -> Iterator[tuple[_Chunk, _R]]:
+        """``work(*head, lines, first_line, secret, buckets)`` over the chunks of a file, in file
+        order: in this process, or in the pool with at most 2 × workers chunks in flight (so
+        memory stays flat), reporting progress in bytes. A worker reads its chunk from the file
+        itself: only its byte range goes to it, and only small results come back."""
+        path = self.path / name
         total = path.stat().st_size if path.exists() else 0
-        chunks = _line_chunks(path)
-        if self.workers == 1:
-            done = 0
-            for first, lines in chunks:
-                done += sum(len(line) + 1 for line in lines)
-                yield lines, scan_chunk(lines, first, self.secret, self.buckets)
-                self.progress("leaves", done, total)
-            return
-        context = get_context("spawn")
-        with ProcessPoolExecutor(self.workers, mp_context=context) as pool:
-            pending: list[tuple[list[bytes], Future[ChunkResult]]] = []
-            done = 0
-            for first, lines in chunks:
-                pending.append(
-                    (lines, pool.submit(scan_chunk, lines, first, self.secret, self.buckets))
-                )
-                if len(pending) > 2 * self.workers:
-                    lines_done, future = pending.pop(0)
-                    done += sum(len(line) + 1 for line in lines_done)
-                    yield lines_done, future.result()
-                    self.progress("leaves", done, total)
-            for lines_done, future in pending:
-                done += sum(len(line) + 1 for line in lines_done)
-                yield lines_done, future.result()
-                self.progress("leaves", done, total)
+        phase = name.removesuffix(".jsonl")
+        done = 0
+        pending: deque[tuple[_Chunk, Future[_R]]] = deque()
+        for chunk in _byte_chunks(path, _CHUNK_BYTES):
+            tail = (self.secret, self.buckets)
+            if self.pool is None:
+                result = work(*head, chunk.lines(), chunk.first_line, *tail)
+                done += len(chunk.data)
+                yield chunk, result
+                self.progress(phase, done, total)
+                continue
+            where = (str(path), chunk.offset, len(chunk.data), chunk.first_line)
+            pending.append((chunk, self.pool.submit(_on_range, work, head, *where, *tail)))
+            if len(pending) > 2 * self.workers:
+                chunk_done, future = pending.popleft()
+                done += len(chunk_done.data)
+                yield chunk_done, future.result()
+                self.progress(phase, done, total)
+        while pending:
+            chunk_done, future = pending.popleft()
+            done += len(chunk_done.data)
+            yield chunk_done, future.result()
+            self.progress(phase, done, total)
+
+
+@dataclass
+class _Chunk:
+    """Whole lines of a bundle file: where they start, and the first one's number (from 1)."""
+
+    offset: int
+    data: bytes
+    first_line: int
+    _split: list[bytes] | None = None
+
+    def lines(self) -> list[bytes]:
+        """The lines without their newlines, as :func:`_lines` reads them (not kept: only a
+        finding needs one of them again)."""
+        return self._split if self._split is not None else _split_lines(self.data)
+
+    def line(self, line_no: int) -> bytes:
+        """One line, by its number in the file (the split is kept for the next finding)."""
+        if self._split is None:
+            self._split = _split_lines(self.data)
+        return self._split[line_no - self.first_line]
+
+
+def _byte_chunks(path: Path, size: int = _CHUNK_BYTES) -> Iterator[_Chunk]:
+    """A file as consecutive chunks of whole lines of about ``size`` bytes."""
+    if not path.exists():
+        return
+    with path.open("rb") as handle:
+        offset, first, rest = 0, 1, b""
+        while True:
+            block = handle.read(size)
+            if not block:
+                if rest:
+                    yield _Chunk(offset, rest, first)
+                return
+            cut = block.rfind(b"\n") + 1
+            if not cut:
+                rest += block  # a line longer than a chunk: keep reading
+                continue
+            chunk, rest = rest + block[:cut], block[cut:]
+            del block
+            yield _Chunk(offset, chunk, first)
+            first += chunk.count(b"\n")
+            offset += len(chunk)
+
+
+def _split_lines(data: bytes) -> list[bytes]:
+    lines = data.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
+    return lines
+
+
+def _on_range(
+    work: Callable[..., _R],
+    head: tuple[Any, ...],
+    path: str,
+    offset: int,
+    length: int,
+    first_line: int,
+    secret: bytes,
+    buckets: int,
+) -> _R:
+    """In a worker process: read a chunk's lines from the file and run ``work`` on them."""
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        data = handle.read(length)
+    return work(*head, _split_lines(data), first_line, secret, buckets)
 
 
 class _Joined:
@@ -960,11 +1080,11 @@ class _Joined:
 
 
 def _parse_record_line(raw: bytes, line_no: int, ordinal: Callable[[str], int]) -> _Line | None:
-    match = _LINE.fullmatch(raw)
-    if match is not None:
+    match = _HEAD.match(raw)
+    if match is not None and raw.endswith(b"}"):
         index = None if match[1] == b"null" else int(match[1])
         log = None if match[2] == b"null" else match[2][1:-1].decode("utf-8", "replace")
-        queued, record = match[3] == b"true", match[4]
+        queued, record = match[3] == b"true", raw[match.end() : -1]
     else:
         try:
             item = json.loads(raw)
@@ -985,20 +1105,6 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
             yield line_no, line[:-1] if line.endswith(b"\n") else line
 
 
-def _line_chunks(path: Path) -> Iterator[tuple[int, list[bytes]]]:
-    chunk: list[bytes] = []
-    first = 1
-    for line_no, line in _lines(path):
-        if not chunk:
-            first = line_no
-        chunk.append(line)
-        if len(chunk) == _CHUNK:
-            yield first, chunk
-            chunk = []
-    if chunk:
-        yield first, chunk
-
-
 def _leaf_body(line: bytes) -> Any:
     data, _ = leaf_bytes(line)
     envelope = _loads(data)
@@ -1007,14 +1113,6 @@ def _leaf_body(line: bytes) -> Any:
 
 def _id_or_line(body: Any, file: str, line_no: int) -> str:
     return str(body.get("id")) if isinstance(body, dict) else f"{file}:{line_no}"
-
-
-def _is_lot(row: Any) -> bool:
-    return (
-        isinstance(row, dict)
-        and type(row.get("remaining")) is int
-        and all(isinstance(row.get(k), str) for k in ("id", "member", "opened_by"))
-    )
 
 
 def _loads(data: bytes) -> Any:
@@ -1032,17 +1130,6 @@ def _fill(missing: list[list[int]], index: int) -> bool:
             missing[n : n + 1] = [p for p in pieces if p[0] < p[1]]
             return True
     return False
-
-
-def _lot_cache_values(row: dict[str, Any]) -> list[tuple[str, str, int]]:
-    """What a cached lot contributes to each tally: its terms, its state (2 × remaining +
-    pending, as the leaves count it) and its member's available or pending cover."""
-    remaining, pending = int(row["remaining"]), bool(row.get("pending"))
-    return [
-        ("lot-terms", row["id"], lot_terms(row["opened_by"], row)),
-        ("lot-state", row["id"], 2 * remaining + pending),
-        ("pending" if pending else "cover", row["member"], remaining),
-    ]
 
 
 def _cache_finding(tally: str, key: str, logged: int, cached: int) -> Finding:

@@ -73,8 +73,18 @@ TAMPER_CLASSES: dict[str, str] = {
     "audit-not-logged": "edited-audit-log",
     "audit-position": "edited-audit-log",
     "audit-invalid": "edited-audit-log",
-    # statements (settlement)
+    # statements (settlement): audit.statementcheck
     "statement-altered": "edited-statement",
+    "statement-hash": "edited-statement",
+    "statement-document": "edited-statement",
+    "statement-note": "edited-statement",
+    "statement-signature": "edited-statement",
+    "statement-checkpoint": "edited-statement",
+    "statements-recompute": "edited-statement",
+    "settlement-hash": "edited-statement",
+    "settlement-document": "edited-statement",
+    "control-total": "edited-statement",
+    "checkpoint-coverage": "edited-statement",
     # caches derived from the journal
     "cached-balance": "edited-cached-balance",
     "lot-remainder": "edited-lot",

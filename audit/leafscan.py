@@ -7,11 +7,15 @@ into buckets (:mod:`audit.tally`). What needs the order of the leaves — the ch
 the Merkle tree, the signed roots, the match with the journal tables — is left to the caller,
 which gets one small tuple per leaf (:data:`Scanned`).
 
-Speed: the canonical check first tries the C JSON codec — for ASCII-only bytes that contain no
-escape, parsed with floats and out-of-range integers refused, ``json.dumps(json.loads(b),
-sort_keys=True, separators=(",", ":"))`` is exactly RFC 8785 within the profile (ASCII keys sort
-the same by code point and by UTF-16 unit; ASCII text is NFC), so equality proves canonical form.
-Anything else takes the exact path (:func:`ledger.journal.parse_leaf`), which is slower but rare.
+Speed: the canonical check first tries a compiled codec (orjson): for bytes that are ASCII and
+contain no escape, parsing and re-serialising with sorted keys (integers refused beyond
+±(2^53 − 1)) gives back the same bytes exactly when they are RFC 8785 within the profile — ASCII
+keys sort the same by code point and by UTF-16 unit, ASCII text is NFC and, holding no control
+character, needs no escape — provided no number has a fraction or an exponent, which orjson would
+round-trip unchanged (``1.5``): ``_FLOAT_*`` find any such number token, since in compact JSON
+a number follows ``":``, ``,`` or ``[`` (a match inside a string only sends the bytes the slow
+way). Anything else takes the exact path (:func:`ledger.journal.parse_leaf`), slower but rare. A
+Hypothesis test holds the two paths to the same verdict.
 """
 
 from __future__ import annotations
@@ -24,8 +28,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from audit.tally import BUCKETS, fold_many
-from ledger.canonical import MAX_SAFE_INTEGER, parse_timestamp
+from ledger.canonical import MAX_DEPTH, parse_timestamp
 from ledger.consistency import Finding
 from ledger.errors import LedgerError, ProfileError
 from ledger.journal import AUDIT, ENVELOPE_VERSION, LOG_START, parse_leaf
@@ -33,26 +39,12 @@ from ledger.model import EntryKind
 
 ENTRY_KINDS = frozenset(kind.value for kind in EntryKind)
 _ENVELOPE_KEYS = frozenset({"v", "log", "index", "prev", "kind", "entry", "committed_at", "nonce"})
-_ENCODE = json.JSONEncoder(
-    sort_keys=True, separators=(",", ":"), ensure_ascii=False, check_circular=False
-).encode
-_MAX_DIGITS = len(str(MAX_SAFE_INTEGER))
-
-
-def _refuse(token: str) -> Any:
-    raise ProfileError(f"not a profile number: {token}")
-
-
-def _integer(token: str) -> int:
-    value = int(token)
-    if len(token) >= _MAX_DIGITS and abs(value) > MAX_SAFE_INTEGER:
-        raise ProfileError(f"integer {token} is outside ±(2**53 - 1)")
-    return value
-
-
-# The fast path's decoder refuses what the profile refuses and the C codec would round-trip:
-# floats, NaN and infinities, integers beyond ±(2^53 − 1).
-_DECODE = json.JSONDecoder(parse_float=_refuse, parse_constant=_refuse, parse_int=_integer).decode
+_SORTED = orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER
+# A number token with a fraction or an exponent: after '":' (a member), ',' or '[' (an item). One
+# pattern per literal prefix, which the regex engine searches for far faster than a class.
+_FLOAT_MEMBER = re.compile(rb'":-?[0-9]++[.eE]').search
+_FLOAT_ITEM = re.compile(rb",-?[0-9]++[.eE]").search
+_FLOAT_FIRST = re.compile(rb"\[-?[0-9]++[.eE]").search
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -76,6 +68,7 @@ _LOT_KEYS = frozenset(
     }
 )
 _LOT_ORDER = tuple(sorted(_LOT_KEYS))
+_POSTING_KEYS = frozenset({"account", "amount"})
 _ENTRY_KEYS = frozenset(
     {
         "id",
@@ -172,6 +165,78 @@ def _scan_line(
     return (line_no, log, index, prev, leaf_hash, envelope["committed_at"], kind, digest, extra)
 
 
+@dataclass
+class CacheResult:
+    """What :func:`fold_cache_chunk` returns: the folded cache side, and what was wrong."""
+
+    folded: dict[str, dict[int, int]]
+    findings: list[Finding]
+    errors: list[tuple[str, str]]
+    """(where, why) of lines that are not a well-formed cache row."""
+
+
+def fold_cache_chunk(
+    file: str, lines: Sequence[bytes], first_line: int, secret: bytes, buckets: int = BUCKETS
+) -> CacheResult:
+    """Fold lines of ``balances.jsonl`` or ``lots.jsonl`` into the tallies' cache side."""
+    effects = Effects()
+    findings: list[Finding] = []
+    errors: list[tuple[str, str]] = []
+    for offset, line in enumerate(lines):
+        where = f"{file}:{first_line + offset}"
+        if file == "balances.jsonl":
+            found = balance_row(line)
+            if isinstance(found, str):
+                errors.append((where, found))
+                continue
+            account, value = found
+            effects.add("balance", account, value)
+            if account.startswith("member:") and value < 0:
+                findings.append(Finding("negative-balance", account, 0, value))
+        else:
+            row = lot_row(line)
+            if row is None:
+                errors.append((where, "not a lot"))
+                continue
+            for name, key, value in lot_cache_values(row):
+                effects.add(name, key, value)
+    return CacheResult(fold_many(effects.values, secret, buckets), findings, errors)
+
+
+def balance_row(line: bytes) -> tuple[str, int] | str:
+    """(account, balance) of a line of ``balances.jsonl``, or why it is not one."""
+    try:
+        row = json.loads(line)
+        return str(row["account"]), int(row["balance"])
+    except (ValueError, KeyError, TypeError) as exc:
+        return str(exc)
+
+
+def lot_row(line: bytes) -> dict[str, Any] | None:
+    """A line of ``lots.jsonl`` as a dict, or None if it is not a cached lot."""
+    try:
+        row = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    ok = (
+        isinstance(row, dict)
+        and type(row.get("remaining")) is int
+        and all(isinstance(row.get(k), str) for k in ("id", "member", "opened_by"))
+    )
+    return row if ok else None
+
+
+def lot_cache_values(row: dict[str, Any]) -> list[tuple[str, str, int]]:
+    """What a cached lot contributes to each tally: its terms, its state (2 × remaining +
+    pending, as the leaves count it) and its member's available or pending cover."""
+    remaining, pending = int(row["remaining"]), bool(row.get("pending"))
+    return [
+        ("lot-terms", row["id"], lot_terms(row["opened_by"], row)),
+        ("lot-state", row["id"], 2 * remaining + pending),
+        ("pending" if pending else "cover", row["member"], remaining),
+    ]
+
+
 def leaf_bytes(line: bytes) -> tuple[bytes, tuple[str, int] | None]:
     """The leaf bytes a line of ``leaves.jsonl`` holds, and (log, index) if it is an escape line.
 
@@ -191,19 +256,36 @@ def leaf_bytes(line: bytes) -> tuple[bytes, tuple[str, int] | None]:
 def leaf_envelope(data: bytes, timestamps: dict[str, bool] | None = None) -> dict[str, Any]:
     """The envelope of canonical leaf bytes, or :class:`ProfileError` saying why they are not."""
     envelope = None
-    if data.isascii() and b"\\" not in data:  # any escape: let the exact path judge it
-        text = data.decode("ascii")
+    if (
+        data.isascii()
+        and b"\\" not in data
+        and not (_FLOAT_MEMBER(data) or _FLOAT_ITEM(data) or _FLOAT_FIRST(data))
+    ):
         try:
-            envelope = _DECODE(text)
-        except (ValueError, ProfileError):
+            envelope = orjson.loads(data)
+            if not (type(envelope) is dict and orjson.dumps(envelope, option=_SORTED) == data):
+                envelope = None
+        except (orjson.JSONDecodeError, orjson.JSONEncodeError):
             envelope = None
-        if not (isinstance(envelope, dict) and _ENCODE(envelope) == text):
-            envelope = None
+        if envelope is not None and data.count(b"{") + data.count(b"[") > MAX_DEPTH:
+            envelope = envelope if _within_depth(envelope, 0) else None
     if envelope is None:
         parse_leaf(data)  # the exact path: raises ProfileError with the reason
         envelope = json.loads(data)
     _check_envelope(envelope, timestamps if timestamps is not None else {})
     return envelope
+
+
+def _within_depth(value: Any, depth: int) -> bool:
+    """No value nests deeper than the profile allows (with at most MAX_DEPTH brackets in all,
+    none can: the caller only asks when there are more)."""
+    if depth > MAX_DEPTH:
+        return False
+    if type(value) is dict:
+        return all(_within_depth(item, depth + 1) for item in value.values())
+    if type(value) is list:
+        return all(_within_depth(item, depth + 1) for item in value)
+    return True
 
 
 def _check_envelope(envelope: dict[str, Any], timestamps: dict[str, bool]) -> None:
@@ -247,64 +329,105 @@ def check_entry(
     body: dict[str, Any], subject: str, effects: Effects, findings: list[Finding]
 ) -> None:
     """The entry rules of docs/VERIFYING.md §3.3, and the entry's effects on the caches."""
-    problem = _entry_shape(body)
+    problem, accounts = _entry_shape(body)
     if problem:
         findings.append(Finding("entry-invalid", subject, "an entry record (§3.2, §3.3)", problem))
         return
     postings = body["postings"]
     if len(postings) < 2:
         findings.append(Finding("entry-postings", subject, 2, len(postings)))
-    sums: dict[str, int] = {}
-    for posting in postings:
+    points = euros = 0
+    values = effects.values
+    balance, cover, pending = values["balance"], values["cover"], values["pending"]
+    for posting, (is_euro, member, is_pending) in zip(postings, accounts, strict=True):
         account, amount = posting["account"], posting["amount"]
-        match = _ACCOUNT.fullmatch(account)
-        book = "EUR" if match and (match[4] or match[5]) else "POINTS"
-        sums[book] = sums.get(book, 0) + amount
-        effects.add("balance", account, amount)
-        if match and match[1]:
-            effects.add("pending" if match[3] == "pending" else "cover", match[2], amount)
-    for book, total in sums.items():
-        effects.books[book] += total
+        if is_euro:
+            euros += amount
+        else:
+            points += amount
+        balance[account] = balance.get(account, 0) + amount
+        if member is not None:
+            target = pending if is_pending else cover
+            target[member] = target.get(member, 0) + amount
+    books = effects.books
+    for book, total in (("POINTS", points), ("EUR", euros)):
+        books[book] += total
         if total:
             findings.append(Finding("entry-balance", f"{subject} {book}", 0, total))
-    for lot in body["lots_opened"]:
-        effects.add("lot-terms", lot["id"], lot_terms(body["id"], lot))
-        effects.add("lot-state", lot["id"], 2 * lot["amount"] + (lot["pending_until"] is not None))
+    state = values["lot-state"]
+    if body["lots_opened"]:
+        terms = values["lot-terms"]
+        for lot in body["lots_opened"]:
+            lot_id = lot["id"]
+            terms[lot_id] = terms.get(lot_id, 0) + lot_terms(body["id"], lot)
+            opened = 2 * lot["amount"] + (lot["pending_until"] is not None)
+            state[lot_id] = state.get(lot_id, 0) + opened
     for move in body["lot_moves"]:
-        effects.add("lot-state", move["lot"], 2 * move["delta"])
+        lot_id = move["lot"]
+        state[lot_id] = state.get(lot_id, 0) + 2 * move["delta"]
     for lot_id in body["lots_released"]:
-        effects.add("lot-state", lot_id, -1)
+        state[lot_id] = state.get(lot_id, 0) - 1
 
 
 def lot_terms(opened_by: str, lot: dict[str, Any]) -> int:
     """A 64-bit digest of a lot's terms and the entry that opened it (compared, never stored)."""
-    terms = (opened_by, *(lot.get(key) for key in _LOT_ORDER))
-    return int.from_bytes(hashlib.blake2b(repr(terms).encode(), digest_size=8).digest(), "big")
+    terms = (opened_by, *map(lot.get, _LOT_ORDER))
+    try:
+        data = orjson.dumps(terms)
+    except orjson.JSONEncodeError:  # a value no profile leaf holds: digest it some other way
+        data = repr(terms).encode()
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
 
 
-def _entry_shape(body: dict[str, Any]) -> str | None:
-    """Why ``body`` is not a well-formed entry record, or None."""
+#: (is a euro account, member code or None, is a member's pending account) of an account name,
+#: or None when it breaks the grammar. Accounts repeat, so their parse is kept (bounded).
+_Account = tuple[bool, str | None, bool]
+_ACCOUNTS: dict[str, _Account | None] = {}
+
+
+def _account(name: str) -> _Account | None:
+    found = _ACCOUNTS.get(name, False)
+    if found is not False:
+        return found  # type: ignore[return-value]
+    match = _ACCOUNT.fullmatch(name)
+    parsed = None
+    if match is not None:
+        parsed = (bool(match[4] or match[5]), match[2], match[3] == "pending")
+    if len(_ACCOUNTS) >= 65536:
+        _ACCOUNTS.clear()  # flat memory: a cache, not a record of every account
+    _ACCOUNTS[name] = parsed
+    return parsed
+
+
+def _entry_shape(body: dict[str, Any]) -> tuple[str | None, list[_Account]]:
+    """Why ``body`` is not a well-formed entry record (or None), and its postings' accounts."""
+    accounts: list[_Account] = []
     if body.keys() != _ENTRY_KEYS:
-        return "missing or unknown members"
+        return "missing or unknown members", accounts
     if body["kind"] not in ENTRY_KINDS:
-        return f"unknown kind {body['kind']!r}"
-    if not (isinstance(body["id"], str) and _UUID.fullmatch(body["id"])):
-        return "id is not a UUID"
+        return f"unknown kind {body['kind']!r}", accounts
+    entry_id = body["id"]
+    if not (type(entry_id) is str and _UUID.fullmatch(entry_id)):
+        return "id is not a UUID", accounts
     postings = body["postings"]
-    if not isinstance(postings, list):
-        return "postings is not a list"
+    if type(postings) is not list:
+        return "postings is not a list", accounts
     for posting in postings:
-        if not (isinstance(posting, dict) and posting.keys() == {"account", "amount"}):
-            return "a posting is not {account, amount}"
-        if not (isinstance(posting["account"], str) and _ACCOUNT.fullmatch(posting["account"])):
-            return f"account {posting['account']!r} breaks the grammar (§3.3)"
-        if type(posting["amount"]) is not int or posting["amount"] == 0:
-            return "a posting amount is not a non-zero integer"
+        if not (type(posting) is dict and posting.keys() == _POSTING_KEYS):
+            return "a posting is not {account, amount}", accounts
+        account = posting["account"]
+        parsed = _account(account) if type(account) is str else None
+        if parsed is None:
+            return f"account {account!r} breaks the grammar (§3.3)", accounts
+        amount = posting["amount"]
+        if type(amount) is not int or amount == 0:
+            return "a posting amount is not a non-zero integer", accounts
+        accounts.append(parsed)
     if body["kind"] == "ADJUSTMENT" and not (
         isinstance(body["reason"], str) and body["reason"].strip()
     ):
-        return "an ADJUSTMENT without a reason"
-    return _lots_shape(body)
+        return "an ADJUSTMENT without a reason", accounts
+    return _lots_shape(body), accounts
 
 
 def _lots_shape(body: dict[str, Any]) -> str | None:

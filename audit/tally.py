@@ -25,26 +25,33 @@ P = (1 << 61) - 1
 BUCKETS = 4096
 
 
+_LOW = (1 << 64) - 1
+
+
 def slot(key: str, secret: bytes, buckets: int = BUCKETS) -> tuple[int, int]:
-    """The bucket and the secret weight of a key."""
-    digest = hashlib.blake2b(key.encode(), key=secret, digest_size=16).digest()
-    return int.from_bytes(digest[:8], "big") % buckets, int.from_bytes(digest[8:], "big") % P
+    """The bucket and the secret weight of a key: from the first and the last 8 bytes of its
+    keyed BLAKE2b digest."""
+    return _slot(key, hashlib.blake2b(key=secret, digest_size=16), buckets)
+
+
+def _slot(key: str, keyed: hashlib.blake2b, buckets: int) -> tuple[int, int]:
+    # Copying a hasher that has absorbed the key is cheaper than keying a new one per call.
+    hasher = keyed.copy()
+    hasher.update(key.encode())
+    value = int.from_bytes(hasher.digest(), "big")
+    return (value >> 64) % buckets, (value & _LOW) % P
 
 
 def fold(values: Mapping[str, int], secret: bytes, buckets: int = BUCKETS) -> dict[int, int]:
     """Fold exact per-key values into per-bucket fingerprints."""
-    folded: dict[int, int] = {}
-    for key, value in values.items():
-        if value:
-            bucket, weight = slot(key, secret, buckets)
-            folded[bucket] = (folded.get(bucket, 0) + weight * value) % P
-    return folded
+    return fold_many({"": values}, secret, buckets)[""]
 
 
 def fold_many(
     tallies: Mapping[str, Mapping[str, int]], secret: bytes, buckets: int = BUCKETS
 ) -> dict[str, dict[int, int]]:
     """:func:`fold` for several tallies at once, hashing each distinct key once."""
+    keyed = hashlib.blake2b(key=secret, digest_size=16)
     slots: dict[str, tuple[int, int]] = {}
     out: dict[str, dict[int, int]] = {}
     for name, values in tallies.items():
@@ -53,7 +60,7 @@ def fold_many(
             if value:
                 found = slots.get(key)
                 if found is None:
-                    found = slots[key] = slot(key, secret, buckets)
+                    found = slots[key] = _slot(key, keyed, buckets)
                 bucket, weight = found
                 folded[bucket] = (folded.get(bucket, 0) + weight * value) % P
     return out

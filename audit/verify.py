@@ -2,18 +2,19 @@
 
 On the live database (:func:`verify_database`) it runs the journal-versus-cache checks of
 :mod:`ledger.consistency`, the log checks of :mod:`ledger.logcheck` (canonical leaves, chain,
-gapless indices, Merkle roots against signed checkpoints, tree nodes, entries against leaves) and
+gapless indices, Merkle roots against signed checkpoints, tree nodes, entries against leaves),
 the audit log's checks (each ``AUDIT`` leaf against its ``audit_events`` row, every event logged or
-queued). On an export bundle, :func:`audit.bundle.verify_bundle` makes the same checks with no
-database. Both report every finding, each with the tamper class it is evidence of
-(:mod:`audit.findings`), as text or JSON. The live verifier only reads: run it with a read-only
-role if you like.
+queued) and the settlement statements' checks (every prepared period recomputed from the journal,
+every signed statement note against its document: :mod:`audit.statementcheck`). On an export
+bundle, :func:`audit.bundle.verify_bundle` makes the same checks with no database. Both report
+every finding, each with the tamper class it is evidence of (:mod:`audit.findings`), as text or
+JSON. The live verifier only reads: run it with a read-only role if you like.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -24,6 +25,7 @@ from sqlalchemy.engine import Connection
 from audit import tables as at
 from audit.findings import entry_differences, tamper_class
 from audit.log import event_from_row
+from audit.statementcheck import check_database as check_statements
 from ledger import tables as t
 from ledger.consistency import Finding, check_consistency
 from ledger.errors import LedgerError
@@ -91,12 +93,29 @@ class Report:
         return "\n".join(lines)
 
 
-def verify_database(conn: Connection, trusted: Iterable[NoteVerifier] | None = None) -> Report:
+#: Told (phase, done, total) while the verifier works: ``leaves`` in leaves, the other phases
+#: (``caches``, ``audit log``, ``statements``) as 0 of 1 when they start and 1 of 1 when done.
+Progress = Callable[[str, int, int], None]
+
+
+def verify_database(
+    conn: Connection,
+    trusted: Iterable[NoteVerifier] | None = None,
+    progress: Progress | None = None,
+) -> Report:
     """Verify everything in the database. ``trusted`` keys default to the logs' own keys.
 
     An auditor should pass the log keys it obtained out of band: a database can carry a forged
     key alongside forged checkpoints.
     """
+    told = progress or (lambda phase, done, total: None)
+
+    def phase(name: str, check: Callable[[], Iterable[Finding]]) -> list[Finding]:
+        told(name, 0, 1)
+        found = list(check())
+        told(name, 1, 1)
+        return found
+
     store = SqlLogStore(conn)
     logs = store.logs()
     notes = []
@@ -106,9 +125,10 @@ def verify_database(conn: Connection, trusted: Iterable[NoteVerifier] | None = N
         list(trusted) if trusted is not None else [NoteVerifier.from_vkey(v) for _, v, _ in logs]
     )
     findings = [
-        *check_consistency(conn),
-        *verify_log(conn, keyring, record_check=check_audit_leaves),
-        *audit_events_not_logged(conn),
+        *phase("caches", lambda: check_consistency(conn)),
+        *verify_log(conn, keyring, record_check=check_audit_leaves, progress=progress),
+        *phase("audit log", lambda: audit_events_not_logged(conn)),
+        *phase("statements", lambda: check_statements(conn, keyring)),
     ]
     findings += [*_refine_altered_entries(conn, findings), *_diagnose_forks(conn, findings)]
     leaves = sum(store.tip(origin).size for origin, _, _ in logs)

@@ -41,7 +41,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from audit.bundle import FORMAT, TRUST_POLICY, verify_bundle
+from audit.bundle import FILES, FORMAT, TRUST_POLICY, verify_bundle
+from bench.suite import Figure
 from ledger import merkle
 from ledger.canonical import format_timestamp, parse_timestamp
 from ledger.journal import build_leaf
@@ -206,8 +207,9 @@ def record_line(index: int, record: bytes) -> bytes:
 def generate(path: Path, entries: int, signer: NoteSigner, seed: int = 7) -> None:
     """Write a bundle of ``entries`` entries (plus audit events) to the new directory ``path``."""
     path.mkdir(parents=True)
-    names = ("keys.json", "leaves.jsonl", "checkpoints.jsonl", "entries.jsonl", "audit.jsonl")
-    files = {name: Writer(path / name) for name in (*names, "balances.jsonl", "lots.jsonl")}
+    # No settlement period is prepared in the synthetic journal: contracts.jsonl and
+    # statements.jsonl are written empty (statements cost per period, not per entry).
+    files = {name: Writer(path / name) for name in FILES}
     keys = {"logs": [{"origin": ORIGIN, "vkey": signer.vkey, "previous_origin": None}]}
     files["keys.json"].line(json.dumps({**keys, "trust_policy": TRUST_POLICY}).encode())
     journal = Journal(seed)
@@ -370,14 +372,12 @@ def machine() -> list[str]:
     ]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="10,000 and 50,000 entries")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    args = parser.parse_args()
-    sizes = (10_000, 50_000) if args.quick else (100_000, 1_000_000)
+Row = tuple[int, int, float, float, float, float, Any, Any, int]
+
+
+def measure(sizes: tuple[int, ...], workers: int) -> list[Row]:
+    """Generate, baseline and verify a bundle of each size; one row per size."""
     signer = NoteSigner.generate(ORIGIN)
-    idle = in_child(idle_child)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-verify-") as tmp:
         for size in sizes:
@@ -387,24 +387,97 @@ def main() -> None:
             baseline = sha_baseline(path)
             codec = codec_baseline(path)
             one = in_child(verify_in_child, str(path), signer.vkey, 1)
-            many = in_child(verify_in_child, str(path), signer.vkey, args.workers)
+            many = in_child(verify_in_child, str(path), signer.vkey, workers)
             assert one[1] == many[1] == 0, "the synthetic bundle must verify"
             heap = in_child(heap_in_child, str(path), signer.vkey)
             rows.append((size, one[2], megabytes, generated, baseline, codec, one, many, heap))
+    return rows
+
+
+def run(quick: bool) -> list[Figure]:
+    """The figures of ``python -m bench``: entries/s (one process and all cores) against raw
+    SHA-256 of the same leaves, and peak memory at the largest size."""
+    workers = os.cpu_count() or 1
+    rows = measure((10_000, 50_000) if quick else (100_000, 1_000_000), workers)
+    figures = []
+    for size, _, _, _, baseline, _, one, many, _ in rows:
+        sha = size / baseline
+        for processes, result in ((1, one), (workers, many)):
+            rate = size / result[0]
+            figures.append(
+                Figure(
+                    "verify",
+                    f"offline bundle verification, {size:,} entries, {processes} process(es)",
+                    rate,
+                    "entries/s",
+                    baseline=f"raw SHA-256 of the same leaves ({sha:,.0f}/s)",
+                    ratio=rate / sha,
+                    goal=f"≥ {GOAL:,} entries/s",
+                    met=rate >= GOAL,
+                )
+            )
+    size, _, _, _, _, _, one, _, heap = rows[-1]
+    first = rows[0]
+    flat = one[3] <= first[6][3] * 1.25 and heap <= first[8] * 1.25
+    figures.append(
+        Figure(
+            "verify",
+            f"peak RSS of the verifier, {size:,} entries (vs {first[0]:,})",
+            one[3] / 1024,
+            "MiB",
+            baseline=f"peak RSS at {first[0]:,} entries ({first[6][3] / 1024:.0f} MiB)",
+            ratio=one[3] / first[6][3],
+            goal="flat memory",
+            met=flat,
+        )
+    )
+    figures.append(
+        Figure(
+            "verify",
+            f"peak Python heap of the verifier, {size:,} entries",
+            heap / 2**20,
+            "MiB",
+            baseline=f"peak heap at {first[0]:,} entries ({first[8] / 2**20:.1f} MiB)",
+            ratio=heap / first[8],
+            goal="flat memory",
+            met=flat,
+        )
+    )
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="10,000 and 50,000 entries")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--sizes", type=str, default=None, help="comma-separated sizes (default 100000,1000000)"
+    )
+    args = parser.parse_args()
+    sizes = (10_000, 50_000) if args.quick else (100_000, 1_000_000)
+    if args.sizes:
+        sizes = tuple(int(size) for size in args.sizes.split(","))
+    idle = in_child(idle_child)
+    loads = [" ".join(f"{load:.2f}" for load in os.getloadavg())]
+    rows = measure(sizes, args.workers)
+    loads.append(" ".join(f"{load:.2f}" for load in os.getloadavg()))
     print("\n".join(machine()))
+    print(f"load average at start: {loads[0]}; at end: {loads[1]}")
     print(f"idle verifier process peak RSS: {idle / 1024:.0f} MiB; goal {GOAL:,} entries/s")
     n = args.workers
     print(
         "| entries | leaves | bundle MB | SHA-256 baseline | + C JSON codec | verify, 1 process | "
-        f"verify, {n} processes | peak RSS 1 proc | peak RSS {n} procs | peak Python heap |"
+        f"verify, {n} processes | × SHA-256 (1 / {n}) | peak RSS 1 proc | peak RSS {n} procs "
+        "| peak Python heap |"
     )
-    print("|" + "---:|" * 10)
+    print("|" + "---:|" * 11)
     for size, leaves, megabytes, _, baseline, codec, one, many, heap in rows:
         print(
             f"| {size:,} | {leaves:,} | {megabytes:,.0f} | {size / baseline:,.0f}/s "
             f"| {size / codec:,.0f}/s "
             f"| {size / one[0]:,.0f}/s ({one[0]:.1f} s) "
             f"| {size / many[0]:,.0f}/s ({many[0]:.1f} s) "
+            f"| {baseline / one[0]:.3f} / {baseline / many[0]:.3f} "
             f"| {one[3] / 1024:.0f} MiB | {many[3] / 1024:.0f} + {many[4] / 1024:.0f} MiB "
             f"| {heap / 2**20:.1f} MiB |"
         )

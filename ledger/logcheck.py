@@ -38,21 +38,46 @@ _BATCH = 2000
 RecordCheck = Callable[[Connection, Sequence[Leaf]], Iterable[Finding]]
 
 
+#: Told (phase, done, total) as the pass goes: here ("leaves", leaves checked, leaves stored).
+Progress = Callable[[str, int, int], None]
+
+
 def verify_log(
-    conn: Connection, verifiers: Iterable[NoteVerifier], record_check: RecordCheck | None = None
+    conn: Connection,
+    verifiers: Iterable[NoteVerifier],
+    record_check: RecordCheck | None = None,
+    progress: Progress | None = None,
 ) -> list[Finding]:
     """Every finding about every log in the database (empty when all verifies)."""
     keyring = list(verifiers)
     findings: list[Finding] = []
     logs = conn.execute(sa.select(t.logs.c.origin).order_by(t.logs.c.opened_at)).scalars().all()
+    counter = _Counter(progress, int(conn.scalar(sa.select(sa.func.count()).select_from(t.leaves))))
+    counter.advance(0)
     for log in logs:
-        findings.extend(_verify_one_log(conn, log, keyring, record_check))
+        findings.extend(_verify_one_log(conn, log, keyring, record_check, counter))
     findings.extend(_entries_without_leaves(conn))
     return findings
 
 
+class _Counter:
+    """Leaves checked so far, reported to the caller's progress callback (if any)."""
+
+    def __init__(self, progress: Progress | None, total: int) -> None:
+        self.progress, self.total, self.done = progress, total, 0
+
+    def advance(self, leaves: int) -> None:
+        self.done += leaves
+        if self.progress is not None:
+            self.progress("leaves", self.done, max(self.total, self.done))
+
+
 def _verify_one_log(
-    conn: Connection, log: str, keyring: list[NoteVerifier], record_check: RecordCheck | None
+    conn: Connection,
+    log: str,
+    keyring: list[NoteVerifier],
+    record_check: RecordCheck | None,
+    counter: _Counter,
 ) -> Iterator[Finding]:
     checkpoints = {
         row.size: row
@@ -106,6 +131,7 @@ def _verify_one_log(
                     )
         if record_check is not None and records:
             yield from record_check(conn, records)
+        counter.advance(len(rows))
     for size in sorted(s for s in checkpoints if s > expected_index):
         yield Finding("checkpoint-beyond-log", f"{log}@{size}", expected_index, size)
     yield from _check_nodes(conn, log)

@@ -9,11 +9,13 @@ imply. The database attacker is a DBA editing rows; on PostgreSQL it first sets
 
 Classes: edit an amount, edit an account, delete an entry, reorder two, insert a forged leaf with
 recomputed hashes and chain, truncate the tail, fork a checkpoint, edit the audit log, edit a
-statement (skipped: statements are not in the bundle yet), edit a cached balance; and a cached lot.
+statement (on the golden March settlement, with signed statement notes), edit a cached balance;
+and a cached lot.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import uuid
@@ -22,11 +24,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import rfc8785
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from audit import tables as at
-from audit.bundle import verify_bundle
+from audit.bundle import export_database, verify_bundle
 from audit.findings import TAMPER_CLASSES
 from audit.verify import Report, verify_database
 from ledger import merkle
@@ -35,8 +38,15 @@ from ledger.canonical import parse_timestamp
 from ledger.db import Database
 from ledger.journal import build_leaf
 from ledger.note import Checkpoint, NoteSigner
+from settlement import notes
+from settlement import tables as st
 from tests.integration.conftest import Books
-from tests.integration.test_bundle import ORIGIN, Journal, build_journal, export
+from tests.integration.test_bundle import EXPORTED_AT, ORIGIN, Journal, build_journal, export
+from tests.integration.test_settlement import (  # noqa: F401  (golden is a fixture)
+    MARCH,
+    Coalition,
+    golden,
+)
 
 # -- the bundle attacker --------------------------------------------------------------------------
 
@@ -468,13 +478,189 @@ def test_edit_the_audit_log_in_the_database(journal: Journal) -> None:
 # -- 9. edit a statement --------------------------------------------------------------------------
 
 
-def test_edit_a_statement() -> None:
-    """Settlement statements are not exported into the bundle yet."""
-    pytest.skip(
-        "statements are not in the bundle yet: recomputing them offline needs the settlement "
-        "package's contracts and price tables in the bundle (issue 7 follow-up); the check name "
-        "statement-altered and its class edited-statement are reserved"
-    )
+@pytest.fixture
+def settled(golden: Coalition) -> Coalition:  # noqa: F811
+    """The golden March closed and prepared; RAIL's and SUPER's statements signed by the log key."""
+    golden.after(MARCH).close("2026-03")
+    golden.prepare("2026-03")
+    for partner in ("RAIL", "SUPER"):
+        golden.run(
+            lambda conn, partner=partner: notes.statement_note(
+                conn, "2026-03", partner, signer=golden.integrator.signer, now=golden.clock.now
+            )
+        )
+    return golden
+
+
+def verify_settled(world: Coalition) -> Report:
+    with world.db.engine.connect() as conn:
+        return verify_database(conn, [world.integrator.signer.verifier])
+
+
+def export_settled(world: Coalition, tmp_path: Path) -> Path:
+    out = tmp_path / "settled"
+    export_database(world.db.engine, out, now=EXPORTED_AT)
+    return out
+
+
+def statement_line(bundle: Path) -> tuple[list[bytes], dict]:
+    lines = read_lines(bundle, "statements.jsonl")
+    assert len(lines) == 1  # one prepared period
+    return lines, json.loads(lines[0])
+
+
+def test_settled_statements_verify_live_and_exported(settled: Coalition, tmp_path: Path) -> None:
+    """The baseline: prepared and signed statements raise no finding, live or offline."""
+    live = verify_settled(settled)
+    assert live.ok, live.to_text()
+    bundle = export_settled(settled, tmp_path)
+    _, period = statement_line(bundle)
+    assert {s["partner"]: s["note"] is not None for s in period["statements"]} == {
+        "BANK": False,
+        "DEPT": False,
+        "RAIL": True,
+        "SUPER": True,
+    }
+    report = verify_bundle(bundle, [settled.integrator.signer.verifier])
+    assert report.ok, report.to_text()
+
+
+def test_edit_a_statement_in_the_database(settled: Coalition) -> None:
+    """A DBA rewrites RAIL's statement and its recorded hash to match: the signed note's hash and
+    the recomputation from the journal both disagree."""
+    statements = st.settlement_statements
+    with tampering(settled.db) as conn:
+        document = conn.scalar(
+            sa.select(statements.c.document).where(statements.c.partner == "RAIL")
+        )
+        forged = bytes(document).replace(b'"-3200.00"', b'"-3900.00"')
+        assert forged != bytes(document)
+        conn.execute(
+            statements.update()
+            .where(statements.c.partner == "RAIL")
+            .values(document=forged, sha256=hashlib.sha256(forged).digest())
+        )
+    report = verify_settled(settled)
+    assert ("statement-note", "2026-03 RAIL") in pairs(report)
+    assert ("statement-document", "2026-03 RAIL") in pairs(report)
+    assert "statement-hash" not in checks_of(report)  # the hash column was redone
+    assert report.classes == ["edited-statement"]
+
+
+def test_edit_a_statement_without_its_hash_in_the_database(settled: Coalition) -> None:
+    """Only the document edited (an unsigned statement): its recorded hash no longer matches."""
+    statements = st.settlement_statements
+    with tampering(settled.db) as conn:
+        document = conn.scalar(
+            sa.select(statements.c.document).where(statements.c.partner == "BANK")
+        )
+        forged = bytes(document).replace(b'"payable":"', b'"payable":"1')
+        conn.execute(
+            statements.update().where(statements.c.partner == "BANK").values(document=forged)
+        )
+    report = verify_settled(settled)
+    assert ("statement-hash", "2026-03 BANK") in pairs(report)
+    assert report.classes == ["edited-statement"]
+
+
+def test_a_forged_statement_note_in_the_database(settled: Coalition) -> None:
+    """A note re-signed with another key to match an edit: its signature is not the log's."""
+    n = st.settlement_notes.c
+    intruder = NoteSigner.generate(settled.integrator.origin)
+    with tampering(settled.db) as conn:
+        note = conn.scalar(
+            sa.select(n.note)
+            .join(st.settlement_statements)
+            .where(st.settlement_statements.c.partner == "SUPER")
+        )
+        text = note[: note.rfind("\n\n") + 1]
+        conn.execute(
+            st.settlement_notes.update()
+            .where(n.note == note)
+            .values(note=intruder.sign(text.replace("net 7580.00", "net 7000.00")))
+        )
+    report = verify_settled(settled)
+    assert ("statement-signature", "2026-03 SUPER") in pairs(report)
+    assert report.classes == ["edited-statement"]
+
+
+def test_edit_a_statement_in_the_bundle(settled: Coalition, tmp_path: Path) -> None:
+    """RAIL's net rewritten in statements.jsonl with every hash redone (its own, the run's list
+    and the run's): the signed note and the recomputation from its lines both disagree."""
+    bundle = export_settled(settled, tmp_path)
+    _, period = statement_line(bundle)
+    rail = next(s for s in period["statements"] if s["partner"] == "RAIL")
+    forged = rail["document"].replace('"net":"-3200.00"', '"net":"-3900.00"')
+    assert forged != rail["document"]
+    rail["document"] = forged
+    rail["sha256"] = hashlib.sha256(forged.encode()).hexdigest()
+    run = json.loads(period["run"]["document"])
+    for listed in run["statements"]:
+        if listed["partner"] == "RAIL":
+            listed["sha256"] = rail["sha256"]
+    period["run"]["document"] = rfc8785.dumps(run).decode()
+    period["run"]["sha256"] = hashlib.sha256(period["run"]["document"].encode()).hexdigest()
+    write_lines(bundle, "statements.jsonl", [json.dumps(period).encode()])
+    report = verify_bundle(bundle, [settled.integrator.signer.verifier])
+    assert ("statement-note", "2026-03 RAIL") in pairs(report)
+    assert ("statement-document", "2026-03 RAIL") in pairs(report)
+    assert {"statement-hash", "statement-altered", "settlement-hash"}.isdisjoint(checks_of(report))
+    assert report.classes == ["edited-statement"]
+
+
+def test_edit_an_unsigned_statement_price_in_the_bundle(settled: Coalition, tmp_path: Path) -> None:
+    """BANK's (unsigned) issuance price lowered in its document, hashes redone: recomputed with
+    the contract's price, the statement renders otherwise; its run still lists the old hash."""
+    bundle = export_settled(settled, tmp_path)
+    _, period = statement_line(bundle)
+    bank = next(s for s in period["statements"] if s["partner"] == "BANK")
+    forged = bank["document"].replace('"price":"0.0115"', '"price":"0.0105"')
+    assert forged != bank["document"]
+    bank["document"] = forged
+    bank["sha256"] = hashlib.sha256(forged.encode()).hexdigest()
+    write_lines(bundle, "statements.jsonl", [json.dumps(period).encode()])
+    report = verify_bundle(bundle, [settled.integrator.signer.verifier])
+    found = pairs(report)
+    assert ("statement-document", "2026-03 BANK") in found
+    assert ("statement-altered", "2026-03 BANK") in found
+    assert report.classes == ["edited-statement"]
+
+
+def test_a_statement_close_citing_a_foreign_checkpoint_in_the_bundle(
+    settled: Coalition, tmp_path: Path
+) -> None:
+    """The close's cited checkpoint replaced by one signed by another key: statement-checkpoint."""
+    bundle = export_settled(settled, tmp_path)
+    _, period = statement_line(bundle)
+    close = period["close"]
+    intruder = NoteSigner.generate(close["log"])
+    root = base64.b64decode(close["root"])
+    close["note"] = intruder.sign(Checkpoint(close["log"], close["size"], root).text())
+    write_lines(bundle, "statements.jsonl", [json.dumps(period).encode()])
+    report = verify_bundle(bundle, [settled.integrator.signer.verifier])
+    assert ("statement-checkpoint", "2026-03") in pairs(report)
+    assert report.classes == ["edited-statement"]
+
+
+def test_malformed_statement_lines_are_findings_not_crashes(
+    settled: Coalition, tmp_path: Path
+) -> None:
+    """Garbage in statements.jsonl or contracts.jsonl is reported where it stands."""
+    bundle = export_settled(settled, tmp_path)
+    lines, period = statement_line(bundle)
+    broken = {**period, "close": 5}
+    wrong_types = {**period, "statements": [{"partner": "RAIL", "document": 7}]}
+    write_lines(bundle, "statements.jsonl", [b"{", json.dumps(broken).encode(), *lines])
+    (bundle / "contracts.jsonl").write_bytes(b"[]\n" + (bundle / "contracts.jsonl").read_bytes())
+    reseal(bundle)
+    found = pairs(verify_bundle(bundle, [settled.integrator.signer.verifier]))
+    assert ("bundle-format", "statements.jsonl:1") in found
+    assert ("bundle-format", "statements.jsonl:2") in found
+    assert ("bundle-format", "contracts.jsonl:1") in found
+    write_lines(bundle, "statements.jsonl", [json.dumps(wrong_types).encode()])
+    report = verify_bundle(bundle, [settled.integrator.signer.verifier])
+    assert ("statement-document", "2026-03 RAIL") in pairs(report)
+    assert "edited-statement" in report.classes
 
 
 # -- 10. edit a cached balance --------------------------------------------------------------------
