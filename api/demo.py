@@ -5,8 +5,9 @@ rail operator and a bank — with the contracts of PRODUCT.md §7, tiers, engage
 co-funded campaign. Members shop weekly, buy clothes now and then (14-day return window), pay
 with their bank card, install the app and write reviews, spend points on train tickets, hold
 points at tills, and return goods. Every simulated day the scheduled jobs run and the integrator
-signs a checkpoint. Then every completed month is closed on a signed checkpoint and its
-statements are prepared, the whole ledger is verified, and a receipt is checked offline.
+signs a checkpoint. Then :mod:`api.demo_finish` settles every completed month (close on a
+checkpoint cosigned by two partner witnesses, prepare and approve with two finance users, payment
+file and statements on disk), verifies everything, prints a summary, and serves the API.
 
 Everything goes through the same services the REST API calls; only the clock is simulated, so
 months take seconds. ``--seed`` makes a run reproducible.
@@ -23,31 +24,24 @@ from pathlib import Path
 from typing import Any
 
 import click
-import sqlalchemy as sa
 from rich.console import Console
 from rich.progress import Progress
-from rich.table import Table
 
-import ledger.tables as lt
 import partners.tables  # noqa: F401
 import settlement.tables  # noqa: F401
+from api import demo_finish as finishing
 from audit.log import log_integrator
-from audit.verify import verify_database
-from ledger import jobs
 from ledger.db import Database, upgrade
-from ledger.errors import BusinessRefusal
+from ledger.errors import BusinessRefusal, LedgerError
 from ledger.integrator import Integrator
 from ledger.keys import create_key, load_key
-from ledger.numbers import format_cents
-from ledger.receipts import receipt, verify_receipt
+from ledger.model import EntryKind
 from ledger.repository import SqlLedgerStore
-from ledger.service import Actor, Ledger, Policy
+from ledger.service import Actor, Booking, Command, Ledger, Policy
 from partners import directory, earning, members, tiers
 from partners.directory import ContractTerms
 from partners.rules import Basket, BasketLine, Campaign, EngagementRule
 from partners.vault import MasterKey
-from settlement import service as settle
-from settlement.periods import period_containing
 
 START = datetime(2026, 1, 1, 7, tzinfo=UTC)
 
@@ -134,11 +128,13 @@ def _setup(world: World, master_key: MasterKey, count: int) -> None:
                 issue_price=Decimal(p),
                 reimbursement_price=Decimal(q),
                 breakage_rebate=Decimal("0.005"),
-                monthly_fee_cents=50_000,
+                # The rail operator only takes points: it pays no fee and is paid whatever it
+                # is owed each month, so every settled month has a payout in a pain.001 file.
+                monthly_fee_cents=0 if code == "RAIL" else 50_000,
                 pending_days=pending,
                 earn_rate=Decimal(rate),
                 rounding_mode="ROUND_HALF_UP",
-                carry_forward_threshold_cents=1_000,
+                carry_forward_threshold_cents=0 if code == "RAIL" else 1_000,
                 category_multipliers={"fresh": Decimal(2)} if code == "SUPER" else {},
             )
             directory.add_contract(conn, code, terms, START - timedelta(days=1), None, now, "demo")
@@ -193,196 +189,141 @@ def _basket(rng: random.Random, low: int, high: int, categories: tuple[str, ...]
     return Basket(lines)
 
 
-def _member_day(world: World, member: str) -> None:
-    rng, when = world.rng, world.clock.now
-    common = {"business_time": when, "now": when, "ledger": world.kernel}
-    if rng.random() < 1 / 7:  # weekly groceries
-        result = world.run(
-            earning.earn_purchase,
-            _actor("SUPER"),
-            world.key(),
-            member=member,
-            basket=_basket(rng, 5, 40, ("fresh", "grocery", "household")),
-            **common,
-        )
-        if result and result.entry and rng.random() < 0.03:  # some goods come back
-            world.run(
-                earning.refund_purchase,
-                _actor("SUPER"),
-                world.key(),
-                entry_id=result.entry.id,
-                points=max(1, result.points // 4),
-                **common,
-            )
-    if rng.random() < 1 / 30:  # clothes, inside a 14-day return window
-        world.run(
-            earning.earn_purchase,
-            _actor("DEPT"),
-            world.key(),
-            member=member,
-            basket=_basket(rng, 30, 150, ("fashion", "home")),
-            **common,
-        )
-    if rng.random() < 1 / 4:  # card payments at the bank
-        world.run(
-            earning.earn_purchase,
-            _actor("BANK"),
-            world.key(),
-            member=member,
-            basket=_basket(rng, 10, 60, ("card",)),
-            **common,
-        )
-    if rng.random() < 1 / 40:  # a train ticket paid with points
-        world.run(
-            earning.burn,
-            _actor("RAIL"),
-            world.key(),
-            member=member,
-            points=rng.randint(150, 900),
-            **common,
-        )
-    if rng.random() < 1 / 60:
-        world.run(
-            earning.engage,
-            _actor("SUPER"),
-            world.key(),
-            member=member,
-            event_type="review",
-            event_id=f"rv-{world.counter}",
-            **common,
-        )
-    if rng.random() < 1 / 25:  # points held at a till, then captured or abandoned
-        _till(world, member)
+def _simulate_day(world: World) -> None:
+    """One day of every member's life, booked set-based in ONE transaction per phase.
 
-
-def _till(world: World, member: str) -> None:
-    rng, when = world.rng, world.clock.now
-
-    def hold(conn: Any) -> Any:
-        return world.kernel.hold(
-            SqlLedgerStore(conn),
-            _actor("SUPER"),
-            world.key(),
-            member=member,
-            points=rng.randint(20, 80),
-            business_time=when,
-        )
-
-    held = world.run(hold)
-    if held and rng.random() < 0.8:
-        points = rng.randint(1, held.entry.amount_on(f"member:{member}:held"))
-        world.run(
-            lambda conn: world.kernel.capture(
-                SqlLedgerStore(conn),
-                _actor("SUPER"),
-                world.key(),
-                hold_id=held.entry.id,
-                points=points,
-                business_time=when,
-            )
-        )
+    Habits are per member (seeded): two in three members do their groceries at the supermarket
+    on their own weekday; one in three pays with the bank's card, which reports the week's card
+    spending once a week; anyone may buy clothes (14-day return window), take a train paid with
+    points, write a review, install the app, or hold points at a till that the cashier then
+    captures or abandons (the stale-hold job voids it). A few grocery baskets come back. The
+    purchases go through the partners' earning rules in bulk (:func:`earning.earn_purchases`),
+    the spends through the kernel's :meth:`Ledger.book_many`: the same rules and rows as one
+    request at a time, at a fraction of the statements.
+    """
+    rng, when, day = world.rng, world.clock.now, world.clock.now.toordinal()
+    purchases: list[earning.Purchase] = []
+    spends: list[Command] = []
+    engagements: list[earning.Engagement] = []
+    for n, member in enumerate(world.members):
+        habit = n * 2654435761 % 97  # a stable per-member habit, independent of the draws
+        if habit < 65 and (day + n) % 7 == 0 and rng.random() < 0.9:  # weekly groceries
+            basket = _basket(rng, 5, 40, ("fresh", "grocery", "household"))
+            purchases.append(earning.Purchase(_actor("SUPER"), world.key(), member, basket, when))
+        if habit % 3 == 0 and (day + n) % 7 == 3:  # the bank reports the week's card payments
+            basket = _basket(rng, 40, 200, ("card",))
+            purchases.append(earning.Purchase(_actor("BANK"), world.key(), member, basket, when))
+        if rng.random() < 1 / 45:  # clothes, inside a 14-day return window
+            basket = _basket(rng, 30, 150, ("fashion", "home"))
+            purchases.append(earning.Purchase(_actor("DEPT"), world.key(), member, basket, when))
+        if rng.random() < 1 / 60:  # a train ticket paid with points
+            params = {"member": member, "points": rng.randint(150, 900), "business_time": when}
+            spends.append(Command("burn", _actor("RAIL"), world.key(), params))
+        if rng.random() < 1 / 50:  # points held at a till
+            params = {"member": member, "points": rng.randint(20, 80), "business_time": when}
+            spends.append(Command("hold", _actor("SUPER"), world.key(), params))
+        if rng.random() < 1 / 150:
+            event = ("review", f"rv-{member}-{day}")
+            reviewer = _actor("SUPER")
+            engagements.append(earning.Engagement(reviewer, world.key(), member, *event, when))
+        if rng.random() < 0.004:
+            event = ("app_install", f"app-{member}")
+            operator = Actor("demo-operator")
+            engagements.append(earning.Engagement(operator, world.key(), member, *event, when))
+    with world.db.transaction() as conn:
+        earned = earning.earn_purchases(conn, purchases, now=when, ledger=world.kernel)
+        world.refused += sum(isinstance(r, LedgerError) for r in earned)
+        engaged = earning.engage_many(conn, engagements, now=when, ledger=world.kernel)
+        world.refused += sum(isinstance(r, LedgerError) for r in engaged)
+        for result in earned:  # some goods come back
+            entry = result.entry if isinstance(result, earning.EarnResult) else None
+            if entry and entry.partner == "SUPER" and rng.random() < 0.03:
+                params = {
+                    "entry_id": entry.id,
+                    "points": max(1, result.points // 4),  # type: ignore[union-attr]
+                    "business_time": when,
+                    "reason": "refund",
+                }
+                spends.append(Command("reverse", _actor("SUPER"), world.key(), params))
+        booked = world.kernel.book_many(SqlLedgerStore(conn), spends)
+        world.refused += sum(isinstance(r, LedgerError) for r in booked)
+        captures = []
+        for asked, booking in zip(spends, booked, strict=True):
+            hold = isinstance(booking, Booking) and booking.entry.kind is EntryKind.HOLD
+            if hold and rng.random() < 0.8:  # captured at the till; the rest is abandoned
+                params = {
+                    "hold_id": booking.entry.id,  # type: ignore[union-attr]
+                    "points": rng.randint(1, asked.params["points"]),
+                    "business_time": when,
+                }
+                captures.append(Command("capture", _actor("SUPER"), world.key(), params))
+        captured = world.kernel.book_many(SqlLedgerStore(conn), captures)
+        world.refused += sum(isinstance(r, LedgerError) for r in captured)
 
 
 def _daily_jobs(world: World, integrator: Integrator) -> None:
-    now = world.clock.now
-    jobs.release_pending(world.db, world.kernel, now)
-    jobs.expire_lots(world.db, world.kernel, now)
-    jobs.void_stale_holds(world.db, world.kernel, now)
-    integrator.integrate_all(world.db)
+    """Release returned-window points, expire lots and void stale holds, then sign a checkpoint.
 
-
-def _settle_months(world: World, integrator: Integrator, days: int) -> list[Any]:
-    """Close every month that ended during the run and prepare its statements."""
-    runs, month = [], period_containing(START)
-    while month.end <= world.clock.now - timedelta(minutes=10):
-        with world.db.transaction() as conn:
-            settle.close_period(
-                conn, month, now=world.clock.now, closed_by="finance-anne", integrator=integrator
-            )
-            runs.append(
-                settle.prepare_statements(
-                    conn, month, now=world.clock.now, prepared_by="finance-anne"
-                )
-            )
-        month = period_containing(month.end)
-    return runs
-
-
-def _print_summary(
-    console: Console, world: World, runs: list[Any], ok: bool, paths: dict[str, Path]
-) -> None:
+    The same kernel jobs as :mod:`ledger.jobs`, run for every due member in one batch.
+    """
+    now, kernel = world.clock.now, world.kernel
     with world.db.transaction() as conn:
         store = SqlLedgerStore(conn)
-        table = Table(title="Partners (points, whole run)")
-        for column in ("partner", "issued", "redeemed"):
-            table.add_column(column, justify="left" if column == "partner" else "right")
-        for code, (name, *_rest) in PARTNERS.items():
-            table.add_row(
-                f"{code} — {name}",
-                f"{-world.kernel.balance(store, f'partner:{code}:issued'):,}",
-                f"{world.kernel.balance(store, f'partner:{code}:redeemed'):,}",
-            )
-        breakage = world.kernel.balance(store, "program:breakage")
-        funded = -world.kernel.balance(store, "program:funded")
-        outstanding = conn.scalar(
-            sa.select(sa.func.coalesce(sa.func.sum(lt.balances.c.balance), 0)).where(
-                lt.balances.c.account.like("member:%")
-            )
-        )
-        tier_counts = dict(
-            conn.execute(
-                sa.text(
-                    "SELECT tier, count(*) FROM (SELECT member_id, tier, "
-                    "row_number() OVER (PARTITION BY member_id ORDER BY id DESC) AS r "
-                    "FROM tier_history) h WHERE r = 1 GROUP BY tier"
-                )
-            ).all()
-        )
-    console.print(table)
-    for run in runs:
-        nets = Table(
-            title=f"Statements {run.period.label}", caption="net > 0: the partner pays the operator"
-        )
-        nets.add_column("partner")
-        nets.add_column("net €", justify="right")
-        for statement in run.settlement.statements:
-            nets.add_row(statement.partner, format_cents(statement.net_cents))
-        console.print(nets)
-    console.print(
-        f"outstanding points liability: {outstanding:,} points;  "
-        f"program-funded: {funded:,};  breakage (expired): {breakage:,}"
-    )
-    upgraded = ", ".join(f"{name}: {count}" for name, count in sorted(tier_counts.items()))
-    console.print(f"members upgraded above White: {upgraded or 'none'} of {len(world.members)}")
-    console.print(f"requests refused for a business reason: {world.refused:,}")
-    console.print(f"verification: {'[green]OK[/green]' if ok else '[red]FAILED[/red]'}")
-    for what, path in paths.items():
-        console.print(f"{what}: {path}")
+        releases = store.members_with_due_releases(now, 1_000_000)
+        expiries = store.members_with_expired_lots(now, 1_000_000)
+        stale = store.stale_holds(now, 1_000_000)
+        with kernel.batch(store) as batch:
+            batch.prefetch(spenders=[*releases, *expiries], holds=stale)
+            for member in releases:
+                kernel.release_due(batch, member, now)
+            for member in expiries:
+                kernel.expire_due(batch, member, now)
+            for hold_id in stale:
+                kernel.void_if_stale(batch, hold_id, now)
+    integrator.integrate_all(world.db)
 
 
 @click.command()
 @click.option(
-    "--members", "count", default=100, show_default=True, type=click.IntRange(1, 1_000_000)
+    "--members", "count", default=5_000, show_default=True, type=click.IntRange(1, 1_000_000)
 )
 @click.option("--days", default=90, show_default=True, type=click.IntRange(1, 3650))
 @click.option("--seed", default=2026, show_default=True, type=int)
 @click.option(
+    "--dir",
+    "directory",
+    default=".",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the database, keys, statements and payment files go.",
+)
+@click.option(
     "--database",
     "db_path",
-    default="coalition-demo.db",
-    show_default=True,
+    default=None,
     type=click.Path(dir_okay=False, path_type=Path),
+    help="The SQLite file (default: DIR/coalition-demo.db); other files are named after it.",
 )
-@click.option("--fresh", is_flag=True, help="Delete an existing demo database first.")
-def demo(count: int, days: int, seed: int, db_path: Path, fresh: bool) -> None:
-    """Run a coalition for DAYS days on an embedded SQLite ledger, settle it, verify it."""
+@click.option("--fresh", is_flag=True, help="Delete an existing demo (database, keys, files).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Where to serve the API.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--no-serve", is_flag=True, help="Stop after the summary; do not serve the API.")
+def demo(
+    count: int,
+    days: int,
+    seed: int,
+    directory: Path,
+    db_path: Path | None,
+    fresh: bool,
+    host: str,
+    port: int,
+    no_serve: bool,
+) -> None:
+    """Run a coalition for DAYS days on embedded SQLite; settle, verify and serve it."""
     console = Console()
-    key_path = db_path.with_suffix(".key")
-    if db_path.exists():
-        if not fresh:
-            raise click.ClickException(f"{db_path} exists; use --fresh to recreate it")
-        for path in (db_path, Path(f"{db_path}-wal"), Path(f"{db_path}-shm"), key_path):
-            path.unlink(missing_ok=True)
+    files = finishing.DemoFiles(db_path or directory / "coalition-demo.db")
+    files.prepare(fresh)
+    db_path, key_path = files.database, files.log_key
     clock = Clock(START)
     db = Database.connect(f"sqlite:///{db_path}")
     upgrade(db.engine)
@@ -395,47 +336,53 @@ def demo(count: int, days: int, seed: int, db_path: Path, fresh: bool) -> None:
     kernel = Ledger(Policy(hold_ttl=timedelta(hours=2)), clock=clock)
     world = World(db, kernel, clock, random.Random(seed))  # noqa: S311  (a simulation)
     master_key = MasterKey.generate("demo-master")
+    files.save_master_key(master_key)
     _setup(world, master_key, count)
     with Progress(console=console) as progress:
         task = progress.add_task(f"{count:,} members, {days} days", total=days)
         for _ in range(days):
             clock.now += timedelta(days=1)
-            for member in world.members:
-                if world.rng.random() < 0.02:
-                    world.run(
-                        earning.engage,
-                        Actor("demo-operator"),
-                        world.key(),
-                        member=member,
-                        event_type="app_install",
-                        event_id=f"app-{member}",
-                        business_time=clock.now,
-                        now=clock.now,
-                        ledger=kernel,
-                    )
-                _member_day(world, member)
+            _simulate_day(world)
             _daily_jobs(world, integrator)
             progress.advance(task)
-    runs = _settle_months(world, integrator, days)
-    with db.engine.connect() as conn:
-        report = verify_database(conn, [signer.verifier])
-        sample_id = conn.scalar(
-            sa.select(lt.leaves.c.entry_id).where(lt.leaves.c.entry_id.is_not(None)).limit(1)
-        )
-        sample = receipt(conn, sample_id)
-    assert sample is not None
-    verify_receipt(sample, [signer.verifier])
-    receipt_path = db_path.with_suffix(".receipt.json")
-    receipt_path.write_text(json.dumps(sample.to_json(), indent=2), encoding="utf-8")
-    _print_summary(
-        console,
-        world,
-        runs,
-        report.ok,
-        {"database": db_path, "log key": key_path, "a verified receipt": receipt_path},
+    finished = finishing.finish(
+        console, db, kernel, integrator, signer, files, start=START, now=clock.now
     )
-    console.print(f"log verifier key: {signer.verifier.vkey}")
+    summary = finishing.summarise(
+        db,
+        kernel,
+        {code: name for code, (name, *_rest) in PARTNERS.items()},
+        finished,
+        members=len(world.members),
+        refused=world.refused,
+    )
+    files.summary.write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    finishing.print_summary(
+        console,
+        summary,
+        {
+            "database": db_path,
+            "log key": key_path,
+            "vault key": files.master_key,
+            "a verified receipt": finished.receipt_path,
+            "summary": files.summary,
+            "witness state": files.outputs / "witnesses",
+            "shell environment": files.env,
+        },
+    )
+    console.print(f"log verifier key: {signer.verifier.vkey}", highlight=False, soft_wrap=True)
+    tokens = finishing.issue_credentials(db, datetime.now(UTC))
+    months = finished.months
+    env = finishing.environment(
+        files, host, port, signer, tokens, months[-1].period.label if months else None
+    )
+    finishing.write_environment(files, env)
     db.dispose()
-    if not report.ok:
-        console.print(report.to_text())
+    if not summary["verification"]["ok"]:
         raise SystemExit(1)
+    if no_serve:
+        console.print(f"credentials and settings for the API: {files.env}")
+        return
+    finishing.print_credentials(console, files, env)
+    console.print(f"serving the API on http://{host}:{port} (docs at /docs); Ctrl-C stops it")
+    finishing.serve(files, host, port)

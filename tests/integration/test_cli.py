@@ -314,7 +314,7 @@ def test_demo_runs_and_verifies(tmp_path: Path) -> None:
     database = tmp_path / "d.db"
     result = runner.invoke(
         main,
-        ["demo", "--members", "20", "--days", "5", "--database", str(database)],
+        ["demo", "--members", "20", "--days", "5", "--database", str(database), "--no-serve"],
         catch_exceptions=False,
     )
     assert result.exit_code == 0, result.output
