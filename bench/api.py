@@ -68,6 +68,7 @@ from typing import Any
 import psycopg
 import sqlalchemy as sa
 
+from bench import suite
 from bench.ledger_concurrency import DEFAULT_URL, machine, scratch_database
 from ledger.db import Database, create_engine
 
@@ -724,8 +725,8 @@ class Scenario:
     make: RequestMaker
 
 
-def run(url: str, args: argparse.Namespace) -> None:
-    """The scenarios in alternating rounds, then the profile; prints as it goes."""
+def benchmark(url: str, args: argparse.Namespace) -> list[Figure]:
+    """The scenarios in alternating rounds, then the profile; prints as it goes; the figures."""
     rounds, seconds, warmup = (1, 4.0, 1.0) if args.quick else (3, 10.0, 2.0)
     run_id = uuid.uuid4().hex[:8]
     use_wrk = args.loadgen == "wrk" and shutil.which("wrk") is not None
@@ -774,6 +775,7 @@ def run(url: str, args: argparse.Namespace) -> None:
                 progress("profiling one API worker")
                 say(["", *profile_api(up["profiled"], up["token"], members, run_id,
                                       30 if args.quick else 200, workdir / "profile")])
+    return [scenario.figure for scenario in scenarios]
 
 
 def report(figures: list[Figure]) -> list[str]:
@@ -844,8 +846,38 @@ def main(argv: Iterable[str] | None = None) -> None:
         return
     url = os.environ.get("COALITION_BENCH_DATABASE_URL", DEFAULT_URL)
     say(machine(url))
-    run(url, args)
+    benchmark(url, args)
     print(f"\n(benchmark took {time.monotonic() - STARTED:.0f} s)")
+
+
+def run(quick: bool) -> list[suite.Figure]:
+    """``python -m bench``'s entry: the default scenarios, without the profiled worker (a
+    diagnosis, not a figure: ``python -m bench.api`` still runs it); req/s and p99 against (a)."""
+    url = os.environ.get("COALITION_BENCH_DATABASE_URL", DEFAULT_URL)
+    args = argparse.Namespace(quick=quick, workers=2 * (os.cpu_count() or 1) + 1, connections=8,
+                              loadgen="python", no_profile=True)
+    trivial_figure, *api_figures = benchmark(url, args)
+    base_rate, base_p99 = trivial_figure.throughput, percentiles(trivial_figure)[1]
+    out = [
+        suite.Figure("api", f"{trivial_figure.name}, {args.connections} connections",
+                     base_rate, "req/s"),
+        suite.Figure("api", f"{trivial_figure.name}: p99 latency", base_p99, "ms"),
+    ]
+    for figure in api_figures:
+        p99 = percentiles(figure)[1]
+        crowded = figure.name.startswith("(b)")
+        out += [
+            suite.Figure("api", figure.name, figure.throughput, "req/s",
+                         baseline="trivial INSERT + COMMIT endpoint",
+                         ratio=figure.throughput / base_rate,
+                         goal=f"≥ {GOAL_RATIO} × trivial" if crowded else None,
+                         met=figure.throughput / base_rate >= GOAL_RATIO if crowded else None),
+            suite.Figure("api", f"{figure.name}: p99 latency", p99, "ms",
+                         baseline="trivial endpoint's p99", ratio=p99 / base_p99,
+                         goal=f"≤ {GOAL_P99_MS:g} ms" if crowded else None,
+                         met=p99 <= GOAL_P99_MS if crowded else None),
+        ]
+    return out
 
 
 if __name__ == "__main__":

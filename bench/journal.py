@@ -48,6 +48,7 @@ import psycopg
 import sqlalchemy as sa
 
 import ledger.tables as t
+from bench import suite
 from ledger.db import Database, create_engine, upgrade
 from ledger.integrator import Integrator
 from ledger.note import NoteSigner
@@ -388,7 +389,19 @@ def report(
     return lines
 
 
-def run(url: str, quick: bool, profile: bool) -> tuple[list[str], str]:
+@dataclass(frozen=True, slots=True)
+class Measured:
+    """Everything one run measured, its printed report, and the profile if one was asked for."""
+
+    drains: list[Rate]
+    copy: Rate
+    sha: Rate
+    latencies: dict[str, list[float]]
+    lines: list[str]
+    profiled: str
+
+
+def measure_all(url: str, quick: bool, profile: bool) -> Measured:
     entries = 5_000 if quick else 20_000
     writes_per_writer = 40 if quick else 250
     processes = max(2, (os.cpu_count() or 2) + 1)
@@ -416,7 +429,7 @@ def run(url: str, quick: bool, profile: bool) -> tuple[list[str], str]:
         if profile:
             clone = server.create("profile", template=seed)
             profiled = profile_drain(server.url_of(clone), signer, 1_000)
-        return lines, profiled
+        return Measured(drains, copy, sha, latencies, lines, profiled)
     finally:
         server.drop_all()
 
@@ -434,7 +447,8 @@ def main(argv: list[str] | None = None) -> None:
     for line in header:
         print(line)
     started = time.perf_counter()
-    lines, profiled = run(url, args.quick, args.profile)
+    measured = measure_all(url, args.quick, args.profile)
+    lines, profiled = measured.lines, measured.profiled
     print()
     for line in lines:
         print(line)
@@ -455,6 +469,55 @@ def main(argv: list[str] | None = None) -> None:
         ]
         with RESULTS.open("a", encoding="utf-8") as results:
             results.write("\n".join(section) + "\n")
+
+
+def run(quick: bool) -> list[suite.Figure]:
+    """``python -m bench``'s entry: drain rates against COPY, receipt latency against commit."""
+    url = os.environ.get("COALITION_BENCH_DATABASE_URL", DEFAULT_URL)
+    measured = measure_all(url, quick, profile=False)
+    for line in measured.lines:
+        print(line)
+    entries = measured.copy.entries
+    copy, sha = measured.copy, measured.sha
+    out = [
+        suite.Figure(
+            "journal",
+            f"drain, {rate.name}, {entries:,} entries",
+            rate.per_second,
+            "entries/s",
+            baseline="raw COPY of the leaf rows",
+            ratio=rate.per_second / copy.per_second,
+            goal=f"≥ {DRAIN_GOAL:,}/s",
+            met=rate.per_second >= DRAIN_GOAL,
+        )
+        for rate in measured.drains
+    ]
+    out += [
+        suite.Figure("journal", f"{copy.name}, {entries:,} rows", copy.per_second, "entries/s"),
+        suite.Figure(
+            "journal", f"{sha.name}, {entries:,} leaves", sha.per_second, "entries/s",
+            baseline="raw COPY of the leaf rows", ratio=sha.per_second / copy.per_second,
+        ),
+    ]
+    committed = measured.latencies["write committed"]
+    receipt = measured.latencies["wait_for_receipt returned"]
+    for label, fraction in (("p50", 0.5), ("p99", 0.99)):
+        base = percentile(committed, fraction)
+        out.append(suite.Figure(
+            "journal", f"{WRITERS} writers: write → its own commit, {label}", base, "ms",
+        ))
+        value = percentile(receipt, fraction)
+        out.append(suite.Figure(
+            "journal",
+            f"{WRITERS} writers: write → wait_for_receipt returns, {label}",
+            value,
+            "ms",
+            baseline=f"write → its own commit, {label}",
+            ratio=value / base,
+            goal=f"≤ {P99_GOAL_MS:.0f} ms" if label == "p99" else None,
+            met=value <= P99_GOAL_MS if label == "p99" else None,
+        ))
+    return out
 
 
 if __name__ == "__main__":
