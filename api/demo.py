@@ -1,13 +1,15 @@
 """``coalition demo``: a coalition living for a few months on an embedded SQLite ledger.
 
 Four fictional partners modelled on a French coalition — a supermarket, a department store, a
-rail operator and a bank — with the contracts of PRODUCT.md §7, tiers, engagement rules and a
-co-funded campaign. Members shop weekly, buy clothes now and then (14-day return window), pay
-with their bank card, install the app and write reviews, spend points on train tickets, hold
-points at tills, and return goods. Every simulated day the scheduled jobs run and the integrator
-signs a checkpoint. Then :mod:`api.demo_finish` settles every completed month (close on a
-checkpoint cosigned by two partner witnesses, prepare and approve with two finance users, payment
-file and statements on disk), verifies everything, prints a summary, and serves the API.
+rail operator and a bank — with the contracts of PRODUCT.md §7, tiers, engagement rules, a
+co-funded campaign and a short inactivity expiry (two months without earning or spending), so
+that some points expire within the run. Members shop weekly, buy clothes now and then (14-day
+return window), pay with their bank card, install the app and write reviews, spend points on
+train tickets, hold points at tills, and return goods. Every simulated day the scheduled jobs
+run (release, lot expiry, stale holds, inactivity expiry) and the integrator signs a checkpoint.
+Then :mod:`api.demo_finish` settles every completed month (close on a checkpoint cosigned by two
+partner witnesses, prepare and approve with two finance users, payment file and statements on
+disk), verifies everything, prints a summary, and serves the API.
 
 Everything goes through the same services the REST API calls; only the clock is simulated, so
 months take seconds. ``--seed`` makes a run reproducible.
@@ -15,8 +17,12 @@ months take seconds. ``--seed`` makes a run reproducible.
 
 from __future__ import annotations
 
+import gc
 import json
 import random
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -24,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import sqlalchemy as sa
 from rich.console import Console
 from rich.progress import Progress
 
@@ -32,18 +39,21 @@ import settlement.tables  # noqa: F401
 from api import demo_finish as finishing
 from audit.log import log_integrator
 from ledger.db import Database, upgrade
-from ledger.errors import BusinessRefusal, LedgerError
+from ledger.errors import LedgerError
 from ledger.integrator import Integrator
 from ledger.keys import create_key, load_key
 from ledger.model import EntryKind
 from ledger.repository import SqlLedgerStore
 from ledger.service import Actor, Booking, Command, Ledger, Policy
-from partners import directory, earning, members, tiers
+from partners import directory, earning, expiry, members, tiers
 from partners.directory import ContractTerms
 from partners.rules import Basket, BasketLine, Campaign, EngagementRule
 from partners.vault import MasterKey
 
 START = datetime(2026, 1, 1, 7, tzinfo=UTC)
+
+#: The demo programme's inactivity expiry (months without earning or spending).
+INACTIVITY_MONTHS = 2
 
 #: code → (legal name, IBAN, BIC, issue price p, reimbursement q, earn rate, pending days)
 PARTNERS = {
@@ -99,18 +109,21 @@ class World:
     refused: int = 0
     purchases: dict[str, list] = field(default_factory=dict)
 
+    stages: dict[str, float] = field(default_factory=dict)
+    """Wall-clock seconds per stage of the run (enrolment, booking, daily jobs, integrator)."""
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Add the wall-clock time of the block to the stage ``name`` (shown in the summary)."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stages[name] = self.stages.get(name, 0.0) + time.perf_counter() - started
+
     def key(self) -> str:
         self.counter += 1
         return f"demo-{self.counter}"
-
-    def run(self, action: Any, *args: Any, **kwargs: Any) -> Any:
-        """One request in its own transaction, as the API runs it; refusals are counted."""
-        try:
-            with self.db.transaction() as conn:
-                return action(conn, *args, **kwargs)
-        except BusinessRefusal:
-            self.refused += 1
-            return None
 
 
 def _actor(partner: str) -> Actor:
@@ -150,6 +163,11 @@ def _setup(world: World, master_key: MasterKey, count: int) -> None:
             EngagementRule("review", 1, "SUPER", 20, 1, 4, None, START - timedelta(days=1)),
             now,
         )
+        # A demo-sized inactivity rule, so that some points expire within the run: members who
+        # neither earn nor spend for two months lose their points (lots still live 36 months).
+        expiry.set_expiry_policy(
+            conn, expiry.ExpiryPolicy(lot_months=36, inactivity_months=INACTIVITY_MONTHS), now
+        )
         earning.add_campaign(
             conn,
             Campaign(
@@ -165,20 +183,25 @@ def _setup(world: World, master_key: MasterKey, count: int) -> None:
             ),
             now,
         )
-    for n in range(count):
-        by = ("SUPER", "DEPT", "RAIL", "BANK")[n % 4]
-        personal = {"email": f"member{n}@example.org"} if n % 3 == 0 else None
-        found = world.run(
-            members.enroll,
-            by=by,
-            personal=personal,
+    enrolments = [
+        members.Enrolment(
+            by=("SUPER", "DEPT", "RAIL", "BANK")[n % 4],
+            personal={"email": f"member{n}@example.org"} if n % 3 == 0 else None,
             customer_ref=f"C{n:06d}",
-            now=now,
-            master_key=master_key,
             terms_version="2026-01",
             consents={"terms": True, "sharing": n % 2 == 0},
         )
-        world.members.append(found.id)
+        for n in range(count)
+    ]
+    for start in range(0, count, 1_000):  # the partners enrol in batches, one transaction each
+        with world.db.transaction() as conn:
+            enrolled = members.enroll_many(
+                conn, enrolments[start : start + 1_000], now=now, master_key=master_key
+            )
+        for found in enrolled:
+            if isinstance(found, LedgerError):
+                raise found  # the demo's own enrolments are valid
+            world.members.append(found.id)
 
 
 def _basket(rng: random.Random, low: int, high: int, categories: tuple[str, ...]) -> Basket:
@@ -262,12 +285,14 @@ def _simulate_day(world: World) -> None:
 
 
 def _daily_jobs(world: World, integrator: Integrator) -> None:
-    """Release returned-window points, expire lots and void stale holds, then sign a checkpoint.
+    """Release returned-window points, expire lots and void stale holds, expire the points of
+    inactive members, then sign a checkpoint.
 
-    The same kernel jobs as :mod:`ledger.jobs`, run for every due member in one batch.
+    The same kernel jobs as :mod:`ledger.jobs`, run for every due member in one batch, and the
+    programme's inactivity expiry (:func:`partners.expiry.expire_inactive`).
     """
     now, kernel = world.clock.now, world.kernel
-    with world.db.transaction() as conn:
+    with world.stage("daily jobs"), world.db.transaction() as conn:
         store = SqlLedgerStore(conn)
         releases = store.members_with_due_releases(now, 1_000_000)
         expiries = store.members_with_expired_lots(now, 1_000_000)
@@ -280,7 +305,26 @@ def _daily_jobs(world: World, integrator: Integrator) -> None:
                 kernel.expire_due(batch, member, now)
             for hold_id in stale:
                 kernel.void_if_stale(batch, hold_id, now)
-    integrator.integrate_all(world.db)
+        expiry.expire_inactive(conn, now, ledger=kernel)
+    with world.stage("integrator"):
+        integrator.integrate_all(world.db)
+
+
+def _demo_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    """SQLite settings for the demo's own, throw-away file (after the ledger's own settings).
+
+    ``synchronous=OFF``: commits do not wait for the disk. A crash of the process loses nothing
+    (SQLite has handed every committed page to the operating system), but a power cut or an OS
+    crash during the demo may corrupt the file: run ``coalition demo --fresh`` again. The API the
+    demo then serves, and any ``coalition`` command, open the file with the ledger's usual
+    settings (WAL, ``synchronous=NORMAL``). A larger page cache and in-memory temporary tables
+    save the reads a day's batch would otherwise repeat.
+    """
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA synchronous=OFF")
+    cursor.execute("PRAGMA cache_size=-131072")  # 128 MiB
+    cursor.execute("PRAGMA temp_store=MEMORY")
+    cursor.close()
 
 
 @click.command()
@@ -321,63 +365,78 @@ def demo(
 ) -> None:
     """Run a coalition for DAYS days on embedded SQLite; settle, verify and serve it."""
     console = Console()
-    files = finishing.DemoFiles(db_path or directory / "coalition-demo.db")
-    files.prepare(fresh)
-    db_path, key_path = files.database, files.log_key
-    clock = Clock(START)
-    db = Database.connect(f"sqlite:///{db_path}")
-    upgrade(db.engine)
-    signer = (
-        load_key(key_path)
-        if key_path.exists()
-        else create_key(key_path, "demo.coalition.local/ledger")
-    )
-    integrator = log_integrator(signer)
-    kernel = Ledger(Policy(hold_ttl=timedelta(hours=2)), clock=clock)
-    world = World(db, kernel, clock, random.Random(seed))  # noqa: S311  (a simulation)
-    master_key = MasterKey.generate("demo-master")
-    files.save_master_key(master_key)
-    _setup(world, master_key, count)
-    with Progress(console=console) as progress:
-        task = progress.add_task(f"{count:,} members, {days} days", total=days)
-        for _ in range(days):
-            clock.now += timedelta(days=1)
-            _simulate_day(world)
-            _daily_jobs(world, integrator)
-            progress.advance(task)
-    finished = finishing.finish(
-        console, db, kernel, integrator, signer, files, start=START, now=clock.now
-    )
-    summary = finishing.summarise(
-        db,
-        kernel,
-        {code: name for code, (name, *_rest) in PARTNERS.items()},
-        finished,
-        members=len(world.members),
-        refused=world.refused,
-    )
-    files.summary.write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    finishing.print_summary(
-        console,
-        summary,
-        {
-            "database": db_path,
-            "log key": key_path,
-            "vault key": files.master_key,
-            "a verified receipt": finished.receipt_path,
-            "summary": files.summary,
-            "witness state": files.outputs / "witnesses",
-            "shell environment": files.env,
-        },
-    )
-    console.print(f"log verifier key: {signer.verifier.vkey}", highlight=False, soft_wrap=True)
-    tokens = finishing.issue_credentials(db, datetime.now(UTC))
-    months = finished.months
-    env = finishing.environment(
-        files, host, port, signer, tokens, months[-1].period.label if months else None
-    )
-    finishing.write_environment(files, env)
-    db.dispose()
+    # The run allocates millions of short-lived objects and keeps a few hundred thousand alive;
+    # with CPython's default thresholds the cycle collector rescans the live ones again and
+    # again (a fifth of the run). Collect less often while the demo runs; serving restores them.
+    thresholds = gc.get_threshold()
+    gc.set_threshold(100_000, 50, 1_000)
+    try:
+        files = finishing.DemoFiles(db_path or directory / "coalition-demo.db")
+        files.prepare(fresh)
+        db_path, key_path = files.database, files.log_key
+        clock = Clock(START)
+        db = Database.connect(f"sqlite:///{db_path}")
+        sa.event.listen(db.engine, "connect", _demo_pragmas)
+        upgrade(db.engine)
+        signer = (
+            load_key(key_path)
+            if key_path.exists()
+            else create_key(key_path, "demo.coalition.local/ledger")
+        )
+        integrator = log_integrator(signer)
+        kernel = Ledger(Policy(hold_ttl=timedelta(hours=2)), clock=clock)
+        world = World(db, kernel, clock, random.Random(seed))  # noqa: S311  (a simulation)
+        master_key = MasterKey.generate("demo-master")
+        files.save_master_key(master_key)
+        with world.stage("enrolment"):
+            _setup(world, master_key, count)
+        with Progress(console=console) as progress:
+            task = progress.add_task(f"{count:,} members, {days} days", total=days)
+            for _ in range(days):
+                clock.now += timedelta(days=1)
+                with world.stage("booking"):
+                    _simulate_day(world)
+                _daily_jobs(world, integrator)
+                progress.advance(task)
+        finished = finishing.finish(
+            console, db, kernel, integrator, signer, files, start=START, now=clock.now
+        )
+        summary = finishing.summarise(
+            db,
+            kernel,
+            {code: name for code, (name, *_rest) in PARTNERS.items()},
+            finished,
+            members=len(world.members),
+            refused=world.refused,
+        )
+        summary["seconds"] = {
+            **{name: round(took, 1) for name, took in world.stages.items()},
+            **summary["seconds"],
+        }
+        files.summary.write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        finishing.print_summary(
+            console,
+            summary,
+            {
+                "database": db_path,
+                "log key": key_path,
+                "vault key": files.master_key,
+                "a verified receipt": finished.receipt_path,
+                "summary": files.summary,
+                "witness state": files.outputs / "witnesses",
+                "shell environment": files.env,
+            },
+        )
+        console.print(f"log verifier key: {signer.verifier.vkey}", highlight=False, soft_wrap=True)
+        tokens = finishing.issue_credentials(db, datetime.now(UTC))
+        months = finished.months
+        env = finishing.environment(
+            files, host, port, signer, tokens, months[-1].period.label if months else None
+        )
+        finishing.write_environment(files, env)
+        db.dispose()
+    finally:
+        gc.set_threshold(*thresholds)
     if not summary["verification"]["ok"]:
         raise SystemExit(1)
     if no_serve:

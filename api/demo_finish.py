@@ -533,6 +533,11 @@ def summarise(
             ).all()
         )
         breakage = kernel.balance(store, "program:breakage")
+        kinds = dict(
+            conn.execute(
+                sa.select(lt.entries.c.kind, sa.func.count()).group_by(lt.entries.c.kind)
+            ).all()
+        )
     distribution = {level.name: int(counts.get(level.name, 0)) for level in levels}
     if levels:
         lowest = min(levels, key=lambda level: level.threshold)
@@ -560,6 +565,8 @@ def summarise(
         "point_value": str(point_value),
         "outstanding_liability_cents": liability_cents,
         "breakage_points": breakage,
+        "entries": sum(kinds.values()),
+        "entries_by_kind": {kind: int(count) for kind, count in sorted(kinds.items())},
         "tiers": distribution,
         "witnesses": done.witness_keys,
         "published_sizes": [p.size for p in done.publications],
@@ -608,8 +615,9 @@ def print_summary(console: Console, summary: dict[str, Any], paths: Mapping[str,
         f"outstanding liability: {summary['outstanding_points']:,} points = "
         f"{format_cents(summary['outstanding_liability_cents'])} € at "
         f"{summary['point_value']} €/point;  breakage (expired): {summary['breakage_points']:,} "
-        "points"
+        f"points in {summary['entries_by_kind'].get('EXPIRE', 0):,} EXPIRE entries"
     )
+    console.print(f"journal: {summary['entries']:,} entries", highlight=False)
     tiers_line = ", ".join(f"{name}: {count:,}" for name, count in summary["tiers"].items())
     console.print(f"tiers of the {summary['members']:,} members: {tiers_line}")
     console.print(f"requests refused for a business reason: {summary['requests_refused']:,}")
@@ -623,11 +631,8 @@ def print_summary(console: Console, summary: dict[str, Any], paths: Mapping[str,
         console.print(verification["ledger"].get("report", ""))
     status = "[green]OK[/green]" if verification["ok"] else "[red]FAILED[/red]"
     console.print(f"verification: {status}")
-    seconds = summary["seconds"]
-    console.print(
-        f"settling took {seconds['settlement']} s, verifying {seconds['verification']} s",
-        highlight=False,
-    )
+    took = ", ".join(f"{stage} {seconds} s" for stage, seconds in summary["seconds"].items())
+    console.print(f"wall-clock time: {took}", highlight=False)
     console.print("files written:")
     for what, path in paths.items():
         console.print(f"  {what}: {path}", markup=False, highlight=False)

@@ -118,11 +118,20 @@ class SqlLogStore:
         """Fetch stored complete-subtree hashes by (level, index), in one query."""
         if not addresses:
             return {}
-        wanted = sorted(set(addresses))
+        by_level: dict[int, list[int]] = {}
+        for level, index in sorted(set(addresses)):
+            by_level.setdefault(level, []).append(index)
+        n = t.tree_nodes.c
+        # One (log, level, idx IN …) select per level, not a row-value IN list: SQLite searches
+        # its (log, level, idx) key for each, where a row-value list scans the log's nodes.
         rows = self.conn.execute(
-            sa.select(t.tree_nodes.c.level, t.tree_nodes.c.idx, t.tree_nodes.c.hash).where(
-                t.tree_nodes.c.log == log,
-                sa.tuple_(t.tree_nodes.c.level, t.tree_nodes.c.idx).in_(wanted),
+            sa.union_all(
+                *(
+                    sa.select(n.level, n.idx, n.hash).where(
+                        n.log == log, n.level == level, n.idx.in_(indexes)
+                    )
+                    for level, indexes in by_level.items()
+                )
             )
         )
         return {(r.level, r.idx): bytes(r.hash) for r in rows}

@@ -676,8 +676,18 @@ class BufferedStore:
             i = t.idempotency.c
             for start in range(0, len(pairs), 500):
                 chunk = pairs[start : start + 500]
-                query = sa.select(i.credential, i.key).where(
-                    sa.tuple_(i.credential, i.key).in_(chunk)
+                by_credential: dict[str, list[str]] = {}
+                for credential, key in chunk:
+                    by_credential.setdefault(credential, []).append(key)
+                # One (credential, key IN …) select per credential, not a row-value IN list:
+                # SQLite searches the (credential, key) key for each, but scans for a row list.
+                query = sa.union_all(
+                    *(
+                        sa.select(i.credential, i.key).where(
+                            i.credential == credential, i.key.in_(keys)
+                        )
+                        for credential, keys in by_credential.items()
+                    )
                 )
                 found_keys = {(row[0], row[1]) for row in self.conn.execute(query)}
                 for pair in chunk:

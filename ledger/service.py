@@ -166,6 +166,18 @@ class Ledger:
         store.open_accounts(codes, self.clock(), self.policy.shards)
         return codes
 
+    def open_members(self, store: LedgerStore, members: Sequence[str]) -> None:
+        """:meth:`open_member` for many members, a few hundred per statement."""
+        for member in members:
+            check_owner(member, "member id")
+        for start in range(0, len(members), 300):
+            codes = [
+                member_account(member, role)
+                for member in members[start : start + 300]
+                for role in MEMBER_ROLES
+            ]
+            store.open_accounts(codes, self.clock(), self.policy.shards)
+
     def open_partner(self, store: LedgerStore, partner: str) -> list[str]:
         """Open a partner's issued, redeemed and settlement accounts (idempotent)."""
         check_owner(partner, "partner code")

@@ -486,6 +486,7 @@ def earn_purchases(
     contracts: dict[tuple[str, datetime], directory.Contract | LedgerError] = {}
     campaigns: dict[tuple[str, datetime], list[Campaign]] = {}
     awarded: dict[str, dict[str, int]] = {}
+    read_campaigns: set[str] = set()
     window = _TierWindow(conn, ids)
     touched: dict[str, datetime] = {}
     awards: list[dict[str, Any]] = []
@@ -547,8 +548,11 @@ def earn_purchases(
                 if (partner, at) not in campaigns:
                     campaigns[(partner, at)] = active_campaigns(conn, partner, at)
                 offers = campaigns[(partner, at)]
-                if purchase.member not in awarded:
-                    awarded.update(_campaign_points(conn, ids, offers))
+                unread = [c for c in offers if c.id not in read_campaigns]
+                if unread:  # each campaign's awards so far, read once for every member
+                    for name, points in _campaign_points(conn, ids, unread).items():
+                        awarded.setdefault(name, {}).update(points)
+                    read_campaigns.update(c.id for c in unread)
                 so_far = awarded.setdefault(purchase.member, {})
                 tier = _tier_named(
                     levels, held[purchase.member][0] if purchase.member in held else None
@@ -1007,9 +1011,19 @@ def engage_many(
     e = t.engagements.c
     reported: set[tuple[str, str]] = set()
     for start in range(0, len(events), 500):
-        pairs = [(ev.actor.partner or PROGRAM, ev.event_id) for ev in events[start : start + 500]]
+        by_reporter: dict[str, list[str]] = {}
+        for ev in events[start : start + 500]:
+            by_reporter.setdefault(ev.actor.partner or PROGRAM, []).append(ev.event_id)
+        # One select per reporter, which SQLite answers from the key (a row-value list scans).
         rows = conn.execute(
-            sa.select(e.partner, e.event_id).where(sa.tuple_(e.partner, e.event_id).in_(pairs))
+            sa.union_all(
+                *(
+                    sa.select(e.partner, e.event_id).where(
+                        e.partner == reporter, e.event_id.in_(ids_)
+                    )
+                    for reporter, ids_ in by_reporter.items()
+                )
+            )
         )
         reported.update((row[0], row[1]) for row in rows)
     rules: dict[tuple[str, datetime], EngagementRule | LedgerError] = {}
@@ -1034,10 +1048,14 @@ def engage_many(
         for period in ENGAGEMENT_PERIODS:
             if rule.cap(period) is None:
                 continue
-            start, _end = period_bounds(at, period)
+            start, end = period_bounds(at, period)
             slot = (member, rule.event_type, period, start)
             if slot not in counted:
-                counted[slot] = _engagement_counts(conn, member, rule, at)[period]
+                # One query for every member of the list (what _engagement_counts counts);
+                # a slot already counted keeps the events this list added to it.
+                found = _engagement_counts_of(conn, ids, rule.event_type, start, end)
+                for name in ids:
+                    counted.setdefault((name, rule.event_type, period, start), found.get(name, 0))
             counts[period] = counted[slot]
         return counts
 
@@ -1061,6 +1079,7 @@ def engage_many(
                 _flush_engagements(conn, rows_out)
                 results.append(_one_engagement(conn, ev, now, ledger))
                 reported.add((reporter, ev.event_id))
+                counted.clear()  # everything is written now: count afresh from the database
                 continue
             request = _request(
                 "engage",
@@ -1359,6 +1378,29 @@ def _engagement_counts(
             or 0
         )
     return counts
+
+
+def _engagement_counts_of(
+    conn: Connection, ids: Sequence[str], event_type: str, start: datetime, end: datetime
+) -> dict[str, int]:
+    """:func:`_engagement_counts` of one period for many members: rewarded events per member."""
+    e = t.engagements.c
+    found: dict[str, int] = {}
+    for first in range(0, len(ids), 900):
+        chunk = list(ids[first : first + 900])
+        rows = conn.execute(
+            sa.select(e.member_id, sa.func.count())
+            .where(
+                e.member_id.in_(chunk),
+                e.event_type == event_type,
+                e.entry_id.is_not(None),
+                e.occurred_at >= start,
+                e.occurred_at < end,
+            )
+            .group_by(e.member_id)
+        )
+        found.update((member, int(n)) for member, n in rows)
+    return found
 
 
 def _engagement(conn: Connection, reporter: str, event_id: str) -> sa.Row | None:

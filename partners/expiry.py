@@ -223,13 +223,52 @@ def last_activity(
     conn: Connection, members: Iterable[str] | None = None, *, until: datetime | None = None
 ) -> dict[str, datetime]:
     """Each member's last earn or spend (business time, at most ``until``); absent if none."""
-    events = activity_events()
-    query = sa.select(events.c.member, sa.func.max(events.c.at)).group_by(events.c.member)
-    if members is not None:
-        query = query.where(events.c.member.in_(list(members)))
-    if until is not None:
-        query = query.where(events.c.at <= until)
-    return {member: _utc(at) for member, at in conn.execute(query)}
+    if members is None:
+        return _last_activity(conn, None, until)
+    wanted, found = list(members), {}
+    for start in range(0, len(wanted), 400):
+        found.update(_last_activity(conn, wanted[start : start + 400], until))
+    return found
+
+
+def _last_activity(
+    conn: Connection, members: Sequence[str] | None, until: datetime | None
+) -> dict[str, datetime]:
+    if members is None:
+        events = activity_events()
+        query = sa.select(events.c.member, sa.func.max(events.c.at)).group_by(events.c.member)
+        if until is not None:
+            query = query.where(events.c.at <= until)
+        return {member: _utc(at) for member, at in conn.execute(query)}
+    # The same events, read from the named members' lots: the kinds are tested inside the
+    # aggregate so that the database starts from the lots' member index, not from every entry
+    # of those kinds.
+    lots, entries, moves = lt.lots.c, lt.entries.c, lt.lot_moves.c
+    found: dict[str, datetime] = {}
+    for kinds, joined in (
+        (ACTIVITY_EARN_KINDS, lt.lots.join(lt.entries, entries.id == lots.opened_by)),
+        (
+            ACTIVITY_SPEND_KINDS,
+            lt.lot_moves.join(lt.lots, lots.id == moves.lot_id).join(
+                lt.entries, entries.id == moves.entry_id
+            ),
+        ),
+    ):
+        counts = entries.kind.in_(kinds)
+        if until is not None:
+            counts = sa.and_(counts, entries.business_time <= until)
+        latest = sa.func.max(sa.case((counts, entries.business_time), else_=None))
+        query = (
+            sa.select(lots.member, latest)
+            .select_from(joined)
+            .where(lots.member.in_(list(members)))
+            .group_by(lots.member)
+        )
+        for member, at in conn.execute(query):
+            if at is not None:
+                at = _utc(at)
+                found[member] = max(at, found.get(member, at))
+    return found
 
 
 def _activity_start(conn: Connection, members: Sequence[str]) -> dict[str, datetime]:
@@ -284,19 +323,14 @@ def expire_inactive(
     One EXPIRE entry per member (the kernel's ``forfeit``), consuming every lot that holds points,
     so breakage stays attributed to the partners that funded them. Held points are left alone
     until their hold is captured or voided. Idempotent by state: a member with nothing left is not
-    touched again, and a re-run at the same ``now`` replays the same entries.
+    touched again, and a re-run at the same ``now`` replays the same entries. Only enrolled members
+    are swept, and only those whose enrolment and recorded activity are old enough are read from
+    the journal (:func:`_possibly_inactive`), so a daily run costs little when few are inactive.
     """
     policy = expiry_policy(conn)
     if policy.inactivity_months is None:
         return []
-    holders = list(
-        conn.scalars(
-            sa.select(lt.lots.c.member)
-            .where(lt.lots.c.remaining > 0)
-            .group_by(lt.lots.c.member)
-            .order_by(lt.lots.c.member)
-        )
-    )
+    holders = _possibly_inactive(conn, now, policy.inactivity_months)
     starts = _activity_start(conn, holders)
     kernel = Ledger(ledger.policy if ledger is not None else None, clock=lambda: now)
     store = SqlLedgerStore(conn)
@@ -321,6 +355,35 @@ def expire_inactive(
         if limit is not None and len(expired) >= limit:
             break
     return expired
+
+
+def _possibly_inactive(conn: Connection, now: datetime, months: int) -> list[str]:
+    """The enrolled members holding points whose inactivity clock may have run out by ``now``.
+
+    A superset, sorted, for :func:`expire_inactive` to decide from the journal. It skips only
+    members whose enrolment or ``last_activity_at`` is too recent: that column is written only
+    after an earn or spend is booked, at its business time, so it is never later than the
+    journal's last activity, and a member it shows active is active. (It may be earlier — a
+    spend booked through the kernel alone does not touch it — which only keeps a member in.)
+    """
+    m, lots = t.members.c, lt.lots.c
+    # ``months`` calendar months span at least 28 days each, less an hour of summer time.
+    bound = now - timedelta(days=28 * months) + timedelta(days=1)
+    holds_points = sa.select(lots.member).where(lots.member == m.id, lots.remaining > 0).exists()
+    rows = conn.execute(
+        sa.select(m.id, m.enrolled_at, m.last_activity_at)
+        .where(
+            m.enrolled_at <= bound,
+            sa.or_(m.last_activity_at.is_(None), m.last_activity_at <= bound),
+            holds_points,
+        )
+        .order_by(m.id)
+    )
+    return [
+        row.id
+        for row in rows
+        if add_months(max(filter(None, (row.enrolled_at, row.last_activity_at))), months) <= now
+    ]
 
 
 # -- what expires when -----------------------------------------------------------------------------

@@ -26,9 +26,9 @@ which knows who reads and why; this layer cannot import ``audit``.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
 from uuid import UUID
@@ -37,6 +37,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ledger import tables as lt
+from ledger.errors import LedgerError
 from ledger.model import MEMBER_ROLES, member_account
 from ledger.repository import SqlLedgerStore
 from ledger.service import Actor, Ledger
@@ -268,6 +269,188 @@ def enroll(
                 by=by,
             )
     return member(conn, member_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Enrolment:
+    """One enrolment for :func:`enroll_many`: the arguments of :func:`enroll` that vary."""
+
+    by: str | None
+    personal: Mapping[str, Any] | None = None
+    customer_ref: str | None = None
+    terms_version: str | None = None
+    consents: Mapping[str, bool] | None = None
+
+
+def enroll_many(
+    conn: Connection,
+    enrolments: Sequence[Enrolment],
+    *,
+    now: datetime,
+    master_key: MasterKeys,
+    ledger: Ledger | None = None,
+) -> list[Member | LedgerError]:
+    """Enroll many members in the caller's one transaction, each exactly as :func:`enroll`.
+
+    Per enrolment: the :class:`Member`, or the error that refused it (it then writes nothing, as
+    alone, where every refusal comes before the first write or rolls its transaction back). The
+    checks are the same and run in list order — a customer reference linked by an earlier
+    enrolment of the list is taken — but the partners, references and card numbers are read in a
+    few queries, and the members, their ledger accounts, sealed data, references and consents
+    are written in one statement per table.
+    """
+    partner_status: dict[str, LedgerError | None] = {}
+    wanted_refs = {
+        (e.by, e.customer_ref)
+        for e in enrolments
+        if e.by is not None and isinstance(e.customer_ref, str)
+    }
+    taken = _linked_refs(conn, wanted_refs)
+    results: list[Member | LedgerError | None] = []
+    accepted: list[tuple[int, Enrolment, dict[str, str]]] = []
+    for enrolment in enrolments:
+        try:
+            checked = _check_enrolment(conn, enrolment, partner_status, taken)
+        except LedgerError as error:
+            results.append(error)
+            continue
+        if enrolment.customer_ref is not None and enrolment.by is not None:
+            taken.add((enrolment.by, enrolment.customer_ref))
+        accepted.append((len(results), enrolment, checked))
+        results.append(None)  # the member, once written
+    if not accepted:
+        return [r for r in results if r is not None]
+    ids = [new_member_id() for _ in accepted]
+    cards = _unused_card_numbers(conn, len(accepted))
+    conn.execute(
+        t.members.insert(),
+        [
+            {
+                "id": member_id,
+                "card_number": card,
+                "status": "active",
+                "enrolled_by": enrolment.by,
+                "enrolled_at": now,
+                "last_activity_at": None,
+                "version": 1,
+            }
+            for member_id, card, (_, enrolment, _) in zip(ids, cards, accepted, strict=True)
+        ],
+    )
+    kernel = ledger or Ledger(clock=lambda: now)
+    kernel.open_members(SqlLedgerStore(conn), ids)
+    sealed, refs, consents = [], [], []
+    for member_id, (_, enrolment, checked) in zip(ids, accepted, strict=True):
+        if checked:
+            box = vault.seal(member_id, checked, master_key)
+            sealed.append(
+                {
+                    "member_id": member_id,
+                    "wrapped_key": box.wrapped_key,
+                    "master_key_id": box.master_key_id,
+                    "ciphertext": box.ciphertext,
+                    "updated_at": now,
+                }
+            )
+        if enrolment.customer_ref is not None and enrolment.by is not None:
+            refs.append(
+                {
+                    "partner": enrolment.by,
+                    "customer_ref": enrolment.customer_ref,
+                    "member_id": member_id,
+                    "linked_at": now,
+                }
+            )
+        if enrolment.terms_version is not None:
+            for purpose, granted in {"terms": True, **(enrolment.consents or {})}.items():
+                consents.append(
+                    {
+                        "member_id": member_id,
+                        "purpose": purpose,
+                        "granted": granted,
+                        "terms_version": enrolment.terms_version,
+                        "recorded_at": now,
+                        "recorded_by": enrolment.by,
+                    }
+                )
+    for table, rows in ((t.member_vault, sealed), (t.member_refs, refs), (t.consents, consents)):
+        if rows:
+            conn.execute(table.insert(), rows)
+    enrolled_at = now.astimezone(UTC)
+    for member_id, card, (at, enrolment, _) in zip(ids, cards, accepted, strict=True):
+        results[at] = Member(member_id, card, "active", enrolment.by, enrolled_at, None, 1)
+    return [r for r in results if r is not None]
+
+
+def _check_enrolment(
+    conn: Connection,
+    enrolment: Enrolment,
+    partner_status: dict[str, LedgerError | None],
+    taken: set[tuple[str, str]],
+) -> dict[str, str]:
+    """:func:`enroll`'s checks, in its order, with the partners and references read in bulk."""
+    by, customer_ref, consents = enrolment.by, enrolment.customer_ref, enrolment.consents
+    if by is not None:
+        if by not in partner_status:
+            try:
+                _require_active_partner(conn, by)
+                partner_status[by] = None
+            except LedgerError as error:
+                partner_status[by] = error
+        refusal = partner_status[by]
+        if refusal is not None:
+            raise refusal
+    elif customer_ref is not None:
+        raise InvalidField("customer_ref", "only a partner links its own customer reference")
+    if consents and enrolment.terms_version is None:
+        raise InvalidField("terms_version", "consents are recorded against a terms version")
+    checked = vault.check_personal(enrolment.personal or {})
+    if customer_ref is not None and by is not None:
+        _check_customer_ref(customer_ref)
+        if (by, customer_ref) in taken:
+            raise CustomerRefTaken(by, customer_ref)
+    for purpose in consents or {}:
+        _check_purpose(purpose)
+    if enrolment.terms_version is not None:
+        # What record_consent checks after the member is written (alone, that rolls back).
+        version = enrolment.terms_version
+        for granted in {"terms": True, **(consents or {})}.values():  # record_consent's order
+            if not isinstance(granted, bool):
+                raise InvalidField("granted", "true or false")
+            if not isinstance(version, str) or not 1 <= len(version) <= 20:
+                raise InvalidField("terms_version", "1–20 characters")
+    return checked
+
+
+def _linked_refs(conn: Connection, refs: set[tuple[str, str]]) -> set[tuple[str, str]]:
+    """The (partner, customer reference) pairs among ``refs`` already linked to a member."""
+    r = t.member_refs.c
+    found: set[tuple[str, str]] = set()
+    by_partner: dict[str, list[str]] = {}
+    for partner, ref in refs:
+        by_partner.setdefault(partner, []).append(ref)
+    for partner, names in by_partner.items():
+        for start in range(0, len(names), 900):
+            chunk = names[start : start + 900]
+            query = sa.select(r.customer_ref).where(r.partner == partner, r.customer_ref.in_(chunk))
+            found.update((partner, ref) for ref in conn.scalars(query))
+    return found
+
+
+def _unused_card_numbers(conn: Connection, count: int) -> list[str]:
+    """``count`` distinct random card numbers no member holds (:func:`_unused_card_number`)."""
+    cards: dict[str, None] = {}
+    c = t.members.c
+    for _ in range(10):
+        drawn = list(dict.fromkeys(new_card_number() for _ in range(count - len(cards))))
+        drawn = [card for card in drawn if card not in cards]
+        for start in range(0, len(drawn), 900):
+            chunk = drawn[start : start + 900]
+            held = set(conn.scalars(sa.select(c.card_number).where(c.card_number.in_(chunk))))
+            cards.update((card, None) for card in chunk if card not in held)
+        if len(cards) == count:
+            return list(cards)
+    raise RuntimeError("no free card number in 10 draws: is the card space exhausted?")
 
 
 def member(conn: Connection, member_id: str) -> Member:

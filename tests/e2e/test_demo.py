@@ -18,12 +18,16 @@ import sqlalchemy as sa
 import xmlschema
 from click.testing import CliRunner
 
+from api import demo as demo_module
 from api.cli import main
+from ledger import tables as lt
 from ledger.db import Database
 from ledger.logstore import SqlLogStore
+from ledger.model import EntryKind
 from ledger.note import CosignatureVerifier, parse_note, verify_cosignature
 from ledger.repository import SqlLedgerStore
 from ledger.service import Ledger
+from partners import expiry
 from settlement import payments, service
 from settlement import tables as st
 from tests.conftest import PG_URL
@@ -161,6 +165,49 @@ def test_demo_settles_publishes_verifies_and_reports(tmp_path: Path) -> None:
     assert refused.exit_code == 1
     assert "Error:" in refused.output
     assert "Traceback" not in refused.output
+
+
+def test_demo_expires_the_points_of_inactive_members(tmp_path: Path) -> None:
+    """The demo's programme expires every point of a member inactive for two months; within 80
+    days some members earned once early and never again, and the summary reports the breakage."""
+    result = CliRunner().invoke(
+        main,
+        ["demo", "--members", "120", "--days", "80", "--dir", str(tmp_path), "--no-serve"],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    assert "verification: OK" in result.output
+    summary = json.loads((tmp_path / "coalition-demo.summary.json").read_text())
+    db = Database.connect(f"sqlite:///{tmp_path / 'coalition-demo.db'}")
+    try:
+        with db.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(lt.entries.c.id, lt.entries.c.business_time, lt.entries.c.reason).where(
+                    lt.entries.c.kind == EntryKind.EXPIRE.value
+                )
+            ).all()
+            assert len(rows) > 0
+            assert summary["entries_by_kind"]["EXPIRE"] == len(rows)
+            assert summary["entries"] == conn.scalar(
+                sa.select(sa.func.count()).select_from(lt.entries)
+            )
+            breakage = Ledger().balance(SqlLedgerStore(conn), "program:breakage")
+            assert summary["breakage_points"] == breakage > 0
+            for entry_id, at, reason in rows:
+                assert reason.startswith("inactivity since ")
+                member = conn.scalar(
+                    sa.select(lt.lots.c.member)
+                    .join(lt.lot_moves, lt.lot_moves.c.lot_id == lt.lots.c.id)
+                    .where(lt.lot_moves.c.entry_id == entry_id)
+                    .limit(1)
+                )
+                # Its last earn or spend before the expiry is at least two months old.
+                last = expiry.last_activity(conn, [member], until=at).get(member)
+                assert last is not None
+                assert expiry.add_months(last, demo_module.INACTIVITY_MONTHS) <= at
+    finally:
+        db.dispose()
+    assert f"in {len(rows)} EXPIRE entries" in result.output.replace("\n", " ")
 
 
 def test_demo_refuses_to_overwrite_without_fresh(tmp_path: Path) -> None:

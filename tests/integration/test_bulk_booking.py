@@ -567,3 +567,152 @@ def engage_one(conn: Connection, event: earning.Engagement, at: datetime) -> Any
             )  # fmt: skip
     except LedgerError as error:
         return error
+
+
+# -- enrolment in bulk: enroll_many ---------------------------------------------------------------
+
+ENROLMENT = st.tuples(
+    st.sampled_from(["SUPER", "DEPT", "BANK", None, "NOPE"]),  # BANK is suspended, NOPE unknown
+    st.sampled_from([None, {"email": "a@example.org"}, {"shoe_size": "44"}]),
+    st.sampled_from([None, "C1", "C2", "C3", " "]),  # "C1" is linked already; " " is invalid
+    st.sampled_from([None, "2026-01", "x" * 21]),
+    st.sampled_from([None, {}, {"sharing": True}, {"sharing": "yes"}, {"bogus": True}]),
+)
+
+
+def member_snapshot(conn: Connection, master: Any, names: dict[str, str]) -> dict[str, Any]:
+    """Every row an enrolment writes, with member ids and card numbers renamed by ``names``
+    (they are random), and the sealed personal data opened (its keys are random too)."""
+    from partners import members
+
+    rows = snapshot(conn)
+    rows["members"] = sorted(tuple(r) for r in conn.execute(sa.select(pt.members)))
+    for name, table in {"refs": pt.member_refs, "consents": pt.consents}.items():
+        columns = [c for c in table.c if c.name != "id"]
+        rows[name] = sorted((tuple(r) for r in conn.execute(sa.select(*columns))), key=repr)
+    v = pt.member_vault.c
+    opened = members.personal_data
+    rows["vault"] = sorted(
+        (r.member_id, r.master_key_id, r.updated_at, opened(conn, r.member_id, master))
+        for r in conn.execute(sa.select(v.member_id, v.master_key_id, v.updated_at))
+    )
+
+    def renamed(value: Any) -> str:
+        text = repr(value)
+        for old, new in names.items():
+            text = text.replace(old, new)
+        return text
+
+    return {
+        name: sorted(map(renamed, value.items() if isinstance(value, dict) else value))
+        for name, value in rows.items()
+    }
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(drawn=st.lists(ENROLMENT, min_size=1, max_size=10))
+def test_enroll_many_enrolls_what_one_by_one_enrolls(db: Database, drawn: list) -> None:
+    """Same members, accounts, references, consents and sealed data; same refusals, in order
+    (a reference linked earlier in the list is taken; a bad consent writes nothing)."""
+    from partners import directory, members
+    from partners.directory import PartnerStatus
+    from partners.vault import MasterKey
+
+    world = EarningWorld(db)
+    with db.transaction() as conn:  # the database outlives the examples: set it up once
+        already = conn.scalar(sa.select(sa.func.count()).select_from(pt.partners))
+    if not already:
+        world.setup()
+        with db.transaction() as conn:
+            directory.set_status(conn, "BANK", PartnerStatus.SUSPENDED, T0)
+            members.enroll(
+                conn, by="SUPER", personal=None, customer_ref="C1", now=T0,
+                master_key=world.master,
+            )  # fmt: skip
+    master = MasterKey.generate("mk-bulk")
+    at = datetime(2026, 3, 2, 10, tzinfo=UTC)
+    enrolments = [
+        members.Enrolment(by, personal, ref, version, consents)
+        for by, personal, ref, version, consents in drawn
+    ]
+
+    def outcome(result: Any, names: dict[str, str]) -> Any:
+        if isinstance(result, LedgerError):
+            return ("error", result.code, result.message)
+        names.setdefault(result.id, f"M{len(names)}")
+        names.setdefault(result.card_number, f"K{len(names)}")
+        return (names[result.id], result.status, result.enrolled_by, result.enrolled_at)
+
+    alone_names: dict[str, str] = {}
+    with rolled_back(db) as conn:
+        alone = []
+        for e in enrolments:
+            try:
+                with savepoint(conn):
+                    found = members.enroll(
+                        conn, by=e.by, personal=e.personal, customer_ref=e.customer_ref, now=at,
+                        master_key=master, terms_version=e.terms_version, consents=e.consents,
+                    )  # fmt: skip
+            except LedgerError as error:
+                found = error
+            alone.append(outcome(found, alone_names))
+        expected = member_snapshot(conn, master, alone_names)
+    bulk_names: dict[str, str] = {}
+    with rolled_back(db) as conn:
+        results = members.enroll_many(conn, enrolments, now=at, master_key=master)
+        bulk = [outcome(r, bulk_names) for r in results]
+        got = member_snapshot(conn, master, bulk_names)
+        assert check_consistency(conn) == []
+    assert bulk == alone
+    assert got == expected
+
+
+def test_bulk_campaign_caps_count_earlier_awards_of_every_partner(
+    db: Database, coalition: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A member first seen at one partner's campaign still has its earlier awards under another
+    partner's campaign counted against that campaign's cap."""
+    at = datetime(2026, 3, 2, 10, tzinfo=UTC)
+    member = coalition[0]
+    dept, shop = Actor("partner:DEPT", partner="DEPT"), Actor("partner:SUPER", partner="SUPER")
+    clothes = Basket((BasketLine(30_00, "grocery"),))
+    with db.transaction() as conn:
+        offer = Campaign(
+            "DEPT-X3",
+            "DEPT",
+            "groceries ×3",
+            T0,
+            datetime(2027, 1, 1, tzinfo=UTC),
+            multiplier=Decimal(3),
+            categories=frozenset({"grocery"}),
+            member_cap=70,
+            funders={"DEPT": 1},
+        )
+        earning.add_campaign(conn, offer, T0)
+        earlier = earning.earn_purchase(
+            conn, dept, "before", member=member, basket=clothes, business_time=at, now=at
+        )
+    assert earlier.points > 60  # the campaign gave its bonus, which reaches the cap
+    ticker = Ticker()  # ids drawn from here on repeat in each run
+    monkeypatch.setattr(service, "uuid4", ticker.uuid4)
+    monkeypatch.setattr(earning, "uuid4", ticker.uuid4)
+    purchases = [
+        earning.Purchase(shop, "s1", member, Basket((BasketLine(10_00, "fresh"),)), at),
+        earning.Purchase(dept, "d1", member, clothes, at),
+    ]
+
+    def outcome_of(result: Any) -> Any:
+        if isinstance(result, LedgerError):
+            return ("error", result.code)
+        return (result.points, result.explanation)
+
+    with rolled_back(db) as conn:
+        ticker.reset()
+        alone = [outcome_of(earning_one(conn, p, at)) for p in purchases]
+        expected = partner_snapshot(conn)
+    with rolled_back(db) as conn:
+        ticker.reset()
+        bulk = [outcome_of(r) for r in earning.earn_purchases(conn, purchases, now=at)]
+        got = partner_snapshot(conn)
+    assert bulk == alone
+    assert got == expected
