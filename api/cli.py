@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -207,8 +208,8 @@ def audit() -> None:
 )
 @click.option(
     "--workers",
-    default=1,
-    show_default=True,
+    default=min(os.cpu_count() or 1, 8),
+    show_default="the number of cores, at most 8",
     type=click.IntRange(1, 64),
     help="Processes that check a bundle's leaves.",
 )

@@ -39,10 +39,11 @@ import hashlib
 import json
 import os
 import re
+import sys
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from multiprocessing import get_context
@@ -59,6 +60,7 @@ from audit.leafscan import (
     ENTRY_KINDS,
     ChunkResult,
     Effects,
+    Run,
     balance_row,
     check_entry,
     fold_cache_chunk,
@@ -104,7 +106,7 @@ TRUST_POLICY = {
     "witness_note": "no witnesses are configured yet; compare checkpoints you hold yourself",
 }
 _BATCH = 2000
-_CHUNK_BYTES = 2 << 20
+_CHUNK_BYTES = 4 << 20
 # The head of a line of entries.jsonl / audit.jsonl as the exporter writes it; the record runs
 # from there to the line's closing brace (matched as a prefix: no pass over the record's bytes).
 _HEAD = re.compile(
@@ -404,6 +406,8 @@ class _LogState:
     matched: list[int] = field(default_factory=list)
     mismatched: list[tuple[int, bytes, bytes]] = field(default_factory=list)
     start: dict[str, Any] | None = None
+    sizes: list[int] | None = None
+    """The signed sizes, sorted (once the first run needs them)."""
 
 
 class _BundleVerifier:
@@ -438,36 +442,43 @@ class _BundleVerifier:
     def run(self) -> Report:
         if not self.path.is_dir():
             raise BundleError(f"{self.path} is not a bundle directory")
-        with ThreadPoolExecutor(1) as hasher:
-            manifest = hasher.submit(self._check_manifest)
-            keyring = self._load_keys()
-            self._load_checkpoints(keyring)
-            entries = _Joined(self.path / "entries.jsonl", self._ordinal, self._format_error)
-            events = _Joined(self.path / "audit.jsonl", self._ordinal, self._format_error)
-            with self._workers():
+        self._start_workers()  # first: no thread of ours runs yet
+        try:
+            with ThreadPoolExecutor(1) as hasher:
+                manifest = hasher.submit(self._check_manifest)
+                keyring = self._load_keys()
+                self._load_checkpoints(keyring)
+                entries = _Joined(self.path / "entries.jsonl", self._ordinal, self._format_error)
+                events = _Joined(self.path / "audit.jsonl", self._ordinal, self._format_error)
                 self._scan_leaves(entries, events, keyring)
                 self._leftover_entries(entries)
                 self._leftover_events(events)
                 self._read_caches()
-            self._compare_tallies()
-            self._check_statements(keyring)
-            if any(self.books.values()):
-                self.findings += [Finding("book-sum", b, 0, v) for b, v in self.books.items() if v]
-            findings = manifest.result() + self.findings  # the files first, as they are read
+                self._stop_workers()
+                self._compare_tallies()
+                self._check_statements(keyring)
+                if any(self.books.values()):
+                    books = self.books.items()
+                    self.findings += [Finding("book-sum", b, 0, v) for b, v in books if v]
+                findings = manifest.result() + self.findings  # the files first, as they are read
+        finally:
+            self._stop_workers()
         return Report(list(self.logs), self.leaves, findings, self.notes, source="bundle")
 
-    @contextmanager
-    def _workers(self) -> Iterator[None]:
-        """The pool of worker processes, when more than one is asked for."""
+    def _start_workers(self) -> None:
+        """The pool of worker processes, when more than one is asked for, started now. On Linux
+        they are forked from this process as it stands (no interpreter to start, no module to
+        import again), before the manifest's thread exists; elsewhere they are spawned."""
         if self.workers == 1:
-            yield
             return
-        with ProcessPoolExecutor(self.workers, mp_context=get_context("spawn")) as pool:
-            self.pool = pool
-            try:
-                yield
-            finally:
-                self.pool = None
+        method = "fork" if sys.platform == "linux" else "spawn"
+        self.pool = ProcessPoolExecutor(self.workers, mp_context=get_context(method))
+        self.pool.submit(int).result()  # with fork, every worker starts here
+
+    def _stop_workers(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+            self.pool = None
 
     def _format_error(self, where: str, why: str) -> None:
         self.findings.append(Finding("bundle-format", where, "a well-formed line", why))
@@ -589,7 +600,18 @@ class _BundleVerifier:
                 self.tallies[name].add("log", folded)
             for book, total in result.books.items():
                 self.books[book] += total
-            for scanned in result.leaves:
+            leaves = result.leaves
+            run = result.run
+            if run is not None:
+                if self._joins(current, run.log, finished):
+                    if current is None or current.origin != run.log:
+                        current = self._switch(current, run.log, finished, keyring, 0)
+                    if self._take_run(current, run, chunk, entries, events):
+                        continue
+                # The run does not simply continue its log: leaf by leaf, as any other chunk.
+                args = (chunk.lines(), chunk.first_line, self.secret, self.buckets)
+                leaves = scan_chunk(*args, runs=False).leaves
+            for scanned in leaves:
                 line_no, log = scanned[0], scanned[1]
                 if current is None or (log is not None and log != current.origin):
                     current = self._switch(current, log, finished, keyring, line_no)
@@ -600,6 +622,100 @@ class _BundleVerifier:
         for state in self.logs.values():
             if state.origin not in finished:
                 self._finish(state, keyring)
+
+    def _joins(self, current: _LogState | None, log: str, finished: set[str]) -> bool:
+        """Whether a leaf of ``log`` continues ``current`` or starts the next log without a
+        finding (as :meth:`_switch` would take it)."""
+        if current is not None and current.origin == log:
+            return True
+        if log not in self.logs or log in finished:
+            return False
+        return current is None or self.order[log] > self.order[current.origin]
+
+    def _take_run(
+        self, state: _LogState, run: Run, chunk: _Chunk, entries: _Joined, events: _Joined
+    ) -> bool:
+        """:meth:`_take_leaf` for every leaf of a run at once, when the run starts exactly where
+        the log stands (else nothing is done, and False returned)."""
+        count = len(run.kinds)
+        if not (
+            state.origin == run.log
+            and not state.missing
+            and state.count == state.expected == state.last_index + 1 == run.first
+            and run.prev == state.last_hash
+            and run.first_stamp >= state.last_stamp
+        ):
+            return False
+        hashes = run.hashes
+        self._grow(state, [hashes[i : i + 32] for i in range(0, 32 * count, 32)])
+        self.leaves += count
+        state.last_index = run.first + count - 1
+        state.expected = run.first + count
+        state.last_hash = hashes[-32:]
+        state.last_stamp = run.last_stamp
+        self._records(state, run, chunk, entries, events)
+        return True
+
+    def _grow(self, state: _LogState, hashes: list[bytes]) -> None:
+        """Push leaf hashes onto the tree, checking the signed roots at every size on the way."""
+        start = state.count
+        end = start + len(hashes)
+        if state.sizes is None:
+            state.sizes = sorted(state.checkpoints)
+        sizes = state.sizes
+        done = 0
+        for size in sizes[bisect_right(sizes, start) : bisect_right(sizes, end)]:
+            _push_many(state.peaks, hashes[done : size - start])
+            done = size - start
+            state.count = size
+            self._roots_at(state, size)
+        _push_many(state.peaks, hashes[done:])
+        state.count = end
+
+    def _records(
+        self, state: _LogState, run: Run, chunk: _Chunk, entries: _Joined, events: _Joined
+    ) -> None:
+        """Each leaf's record against the tables' (entries.jsonl, audit.jsonl): as a rule, the
+        next lines there are exactly the lines the exporter writes for these leaves, compared
+        in one piece; else leaf by leaf."""
+        origin, first = state.origin, run.first
+        log_json = _plain_json(origin)
+        bodies = [
+            line[line.index(b'"entry":') + 8 : line.rindex(b',"index":')] for line in chunk.lines()
+        ]
+        expected: list[bytes] = []
+        if log_json is not None:
+            head = b'{"index":%d,"log":' + log_json.replace(b"%", b"%%")
+            head += b',"queued":false,"record":%s}\n'
+            expected = [head % (first + n, body) for n, body in enumerate(bodies)]
+        for letter, joined, what in (("E", entries, "entry"), ("A", events, "audit")):
+            mine = [n for n, kind in enumerate(run.kinds) if kind == letter]
+            if not mine or (
+                expected and joined.match_lines(b"".join([expected[n] for n in mine]), len(mine))
+            ):
+                continue
+            for n in mine:
+                self._record(state, joined, what, first + n, bodies[n], expected, n, chunk)
+
+    def _record(
+        self,
+        state: _LogState,
+        joined: _Joined,
+        what: str,
+        index: int,
+        body: bytes,
+        expected: list[bytes],
+        n: int,
+        chunk: _Chunk,
+    ) -> None:
+        """One leaf's record, when the run's could not be taken in one piece."""
+        key = (self.order[state.origin], index)
+        if expected and joined.match(key, expected[n], body):
+            return
+        digest = hashlib.blake2b(body, digest_size=16).digest()
+        found = joined.take(key)
+        subject = f"{state.origin}#{index}"
+        self._compare(subject, found, digest, chunk, chunk.first_line + n, what)
 
     def _switch(
         self,
@@ -973,9 +1089,11 @@ class _Chunk:
     _split: list[bytes] | None = None
 
     def lines(self) -> list[bytes]:
-        """The lines without their newlines, as :func:`_lines` reads them (not kept: only a
-        finding needs one of them again)."""
-        return self._split if self._split is not None else _split_lines(self.data)
+        """The lines without their newlines, as :func:`_lines` reads them (kept while the chunk
+        is checked: its records are compared after its leaves)."""
+        if self._split is None:
+            self._split = _split_lines(self.data)
+        return self._split
 
     def line(self, line_no: int) -> bytes:
         """One line, by its number in the file (the split is kept for the next finding)."""
@@ -1035,48 +1153,124 @@ class _Joined:
     """entries.jsonl or audit.jsonl, read in step with the leaves and matched by (log, index).
 
     Both files are sorted like the leaves, so a merge needs no memory; lines met before their
-    leaf (because leaves were removed or reordered) wait in a small buffer.
+    leaf (because leaves were removed or reordered) wait in a small buffer. The file is read in
+    large blocks; a line is parsed only when :meth:`match` could not take it as it stands.
     """
 
     def __init__(
         self, path: Path, ordinal: Callable[[str], int], error: Callable[[str, str], None]
     ) -> None:
-        self.lines = self._read(path, ordinal, error)
-        self.head: _Line | None = next(self.lines, None)
+        self.name = path.name
+        self.ordinal = ordinal
+        self.error = error
+        self.blocks = _blocks(path)
+        self.buffer = b""
+        self.at = 0
+        """Where the next unread line starts in ``buffer``."""
+        self.line_no = 0
+        """The number of the last line read."""
+        self.parsed: _Line | None = None
         self.waiting: dict[tuple[int, int], _Line] = {}
 
-    @staticmethod
-    def _read(
-        path: Path, ordinal: Callable[[str], int], error: Callable[[str, str], None]
-    ) -> Iterator[_Line]:
-        for line_no, raw in _lines(path):
-            line = _parse_record_line(raw, line_no, ordinal)
-            if line is None:
-                error(f"{path.name}:{line_no}", "not an {index, log, queued, record} line")
-                continue
-            yield line
+    def _fill(self, size: int) -> bool:
+        """At least ``size`` unread bytes in the buffer, if the file has them."""
+        while len(self.buffer) - self.at < size:
+            block = next(self.blocks, b"")
+            if not block:
+                return False
+            self.buffer = self.buffer[self.at :] + block
+            self.at = 0
+        return True
+
+    def _next_raw(self) -> tuple[int, bytes] | None:
+        """The next line as it stands (without its newline), or None at the end of the file."""
+        while True:
+            end = self.buffer.find(b"\n", self.at)
+            if end >= 0:
+                line = self.buffer[self.at : end]
+                self.at = end + 1
+                break
+            if not self._fill(len(self.buffer) - self.at + 1):
+                if self.at == len(self.buffer):
+                    return None
+                line = self.buffer[self.at :]
+                self.at = len(self.buffer)
+                break
+        self.line_no += 1
+        return self.line_no, line
+
+    def _head(self) -> _Line | None:
+        """The next well-formed line, parsed (a malformed one is reported and skipped)."""
+        while self.parsed is None:
+            raw = self._next_raw()
+            if raw is None:
+                return None
+            self.parsed = _parse_record_line(raw[1], raw[0], self.ordinal)
+            if self.parsed is None:
+                self.error(f"{self.name}:{raw[0]}", "not an {index, log, queued, record} line")
+        return self.parsed
+
+    def match_lines(self, lines: bytes, count: int) -> bool:
+        """Take the next ``count`` lines if they are exactly ``lines`` (each with its newline):
+        what :meth:`take` would return for each of their keys, found equal to what they record.
+        False, and nothing taken, if not."""
+        if self.parsed is not None or not self._fill(len(lines)):
+            return False
+        if not self.buffer.startswith(lines, self.at):
+            return False
+        self.at += len(lines)
+        self.line_no += count
+        return True
+
+    def match(self, key: tuple[int, int], line: bytes, record: bytes) -> bool:
+        """Take the next line if it is the one for ``key`` and records ``record``: ``line`` as
+        it stands (with its newline), or a parsed line with that key and record."""
+        parsed = self.parsed
+        if parsed is not None:
+            if parsed.key == key and parsed.record == record:
+                self.parsed = None
+                return True
+            return False
+        return self.match_lines(line, 1)
 
     def take(self, key: tuple[int, int]) -> _Line | None:
-        while self.head is not None and self.head.key is not None and self.head.key < key:
-            self.waiting.setdefault(self.head.key, self.head)
-            self.head = next(self.lines, None)
-        if self.head is not None and self.head.key == key:
-            line, self.head = self.head, next(self.lines, None)
-            return line
+        head = self._head()
+        while head is not None and head.key is not None and head.key < key:
+            self.waiting.setdefault(head.key, head)
+            self.parsed = None
+            head = self._head()
+        if head is not None and head.key == key:
+            self.parsed = None
+            return head
         return self.waiting.pop(key, None)
 
     def rest(self) -> Iterator[_Line]:
         """Every line no leaf took: waiting ones, then the rest of the file."""
         yield from self.waiting.values()
         self.waiting = {}
-        while self.head is not None:
-            yield self.head
-            self.head = next(self.lines, None)
+        yield from self.all()
 
     def all(self) -> Iterator[_Line]:
-        while self.head is not None:
-            yield self.head
-            self.head = next(self.lines, None)
+        while (head := self._head()) is not None:
+            self.parsed = None
+            yield head
+
+
+def _blocks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
+    """A file's bytes in blocks; nothing if it is missing."""
+    if not path.exists():
+        return
+    with path.open("rb") as handle:
+        while block := handle.read(size):
+            yield block
+
+
+def _plain_json(log: str) -> bytes | None:
+    """The JSON string of ``log`` as the exporter writes it and :data:`_HEAD` reads it back,
+    when that is just the log between quotes (no quote, backslash or control character)."""
+    if any(c in log for c in '"\\') or any(ord(c) < 0x20 for c in log):
+        return None
+    return b'"' + log.encode() + b'"'
 
 
 def _parse_record_line(raw: bytes, line_no: int, ordinal: Callable[[str], int]) -> _Line | None:
@@ -1152,6 +1346,27 @@ def _push(peaks: list[tuple[int, bytes]], leaf: bytes) -> None:
         value = merkle.node_hash(left, value)
         level += 1
     peaks.append((level, value))
+
+
+def _push_many(peaks: list[tuple[int, bytes]], hashes: list[bytes]) -> None:
+    """:func:`_push` of each of ``hashes`` in turn, a complete subtree at a time: each one as
+    large as the tree's alignment and what is left allow, hashed level by level."""
+    sha256 = hashlib.sha256
+    done, total = 0, len(hashes)
+    while done < total:
+        level = (total - done).bit_length() - 1
+        if peaks:
+            level = min(level, peaks[-1][0])
+        nodes = hashes[done : done + (1 << level)]
+        done += 1 << level
+        for _ in range(level):
+            pairs = zip(nodes[::2], nodes[1::2], strict=True)
+            nodes = [sha256(b"\x01" + left + right).digest() for left, right in pairs]
+        value = nodes[0]
+        while peaks and peaks[-1][0] == level:
+            value = merkle.node_hash(peaks.pop()[1], value)
+            level += 1
+        peaks.append((level, value))
 
 
 def _root(peaks: list[tuple[int, bytes]]) -> bytes:

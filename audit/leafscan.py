@@ -5,7 +5,8 @@ the bytes are a canonical envelope (docs/VERIFYING.md §2–§3), checks the ent
 adds the entry's effects (postings, lots opened, lot moves, releases) to per-key tallies folded
 into buckets (:mod:`audit.tally`). What needs the order of the leaves — the chain, the sequence,
 the Merkle tree, the signed roots, the match with the journal tables — is left to the caller,
-which gets one small tuple per leaf (:data:`Scanned`).
+which gets one small tuple per leaf (:data:`Scanned`), or, for a chunk that found nothing and
+holds together, one :class:`Run` (the caller checks where it joins the log).
 
 Speed: the canonical check first tries a compiled codec (orjson): for bytes that are ASCII and
 contain no escape, parsing and re-serialising with sorted keys (integers refused beyond
@@ -16,6 +17,12 @@ round-trip unchanged (``1.5``): ``_FLOAT_*`` find any such number token, since i
 a number follows ``":``, ``,`` or ``[`` (a match inside a string only sends the bytes the slow
 way). Anything else takes the exact path (:func:`ledger.journal.parse_leaf`), slower but rare. A
 Hypothesis test holds the two paths to the same verdict.
+
+The scan is one loop (:func:`_scan_fast`) that makes every check inline for a leaf that passes
+them all, and hands any other leaf to the leaf-by-leaf code (:func:`_scan_line`), which names
+what is wrong; tests/unit/test_leafscan.py holds the two to the same tuples, findings and
+tallies. For an entry whose every value is of a type the entry rules check, or text or null, the
+``_FLOAT_*`` search is skipped: no number with a fraction can be there.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import base64
 import hashlib
 import json
 import re
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,6 +77,7 @@ _LOT_KEYS = frozenset(
 )
 _LOT_ORDER = tuple(sorted(_LOT_KEYS))
 _POSTING_KEYS = frozenset({"account", "amount"})
+_MOVE_KEYS = frozenset({"lot", "delta"})
 _ENTRY_KEYS = frozenset(
     {
         "id",
@@ -90,6 +99,8 @@ _ENTRY_KEYS = frozenset(
 
 #: The tallies the scan fills: what the log implies, per key, for the caches to be compared with.
 TALLIES = ("balance", "lot-state", "lot-terms", "cover", "pending")
+#: The tallies keyed by accounts and members, which recur from chunk to chunk (lots do not).
+RECURRING = frozenset({"balance", "cover", "pending"})
 
 #: One scanned leaf: (line number, log, index, prev, leaf hash, committed_at, kind, body digest,
 #: LOG_START body). ``log`` is ``None`` when the bytes are not an envelope at all.
@@ -100,7 +111,9 @@ Scanned = tuple[int, Any, Any, Any, bytes, Any, Any, Any, Any]
 class Effects:
     """What entries do to the caches, per key (exact values; one chunk's worth)."""
 
-    values: dict[str, dict[str, int]] = field(default_factory=lambda: {t: {} for t in TALLIES})
+    values: dict[str, dict[str, int]] = field(
+        default_factory=lambda: {t: defaultdict(int) for t in TALLIES}
+    )
     books: dict[str, int] = field(default_factory=lambda: {"POINTS": 0, "EUR": 0})
 
     def add(self, tally: str, key: str, value: int) -> None:
@@ -109,27 +122,310 @@ class Effects:
 
 
 @dataclass
+class Run:
+    """A chunk of leaves that found nothing and hold together: one log, consecutive indices, each
+    ``prev`` the hash of the leaf before, ``committed_at`` never going back, every leaf an entry
+    or an audit event. Sent instead of one tuple per leaf: what the caller still has to check is
+    where the run joins the log (its first ``prev``, index and time) and what needs the whole log
+    (the Merkle tree, the tables' records)."""
+
+    log: str
+    first: int
+    prev: bytes
+    first_stamp: str
+    last_stamp: str
+    hashes: bytes
+    """The leaf hashes, 32 bytes each, in order."""
+    kinds: str
+    """One letter per leaf: ``E`` an entry, ``A`` an audit event."""
+
+
+@dataclass
 class ChunkResult:
-    """What :func:`scan_chunk` returns: per-leaf tuples, findings, folded tallies, book sums."""
+    """What :func:`scan_chunk` returns: per-leaf tuples (or a :class:`Run`), findings, folded
+    tallies, book sums."""
 
     leaves: list[Scanned]
     findings: list[Finding]
     folded: dict[str, dict[int, int]]
     books: dict[str, int]
+    run: Run | None = None
 
 
 def scan_chunk(
-    lines: Sequence[bytes], first_line: int, secret: bytes, buckets: int = BUCKETS
+    lines: Sequence[bytes],
+    first_line: int,
+    secret: bytes,
+    buckets: int = BUCKETS,
+    runs: bool = True,
 ) -> ChunkResult:
-    """Check each line of ``leaves.jsonl`` on its own and tally what its entry does."""
+    """Check each line of ``leaves.jsonl`` on its own and tally what its entry does. With
+    ``runs``, a chunk that forms a :class:`Run` comes back as one."""
     effects = Effects()
     findings: list[Finding] = []
     scanned: list[Scanned] = []
     timestamps: dict[str, bool] = {}
-    for offset, line in enumerate(lines):
-        scanned.append(_scan_line(line, first_line + offset, effects, findings, timestamps))
-    folded = fold_many(effects.values, secret, buckets)
+    lazy = _scan_fast(lines, first_line, effects, findings, timestamps, scanned)
+    folded = fold_many(effects.values, secret, buckets, RECURRING)
+    run = _as_run(scanned) if runs and not findings else None
+    if run is not None:
+        return ChunkResult([], findings, folded, effects.books, run)
+    blake2b = hashlib.blake2b
+    for n in lazy:  # the body digests the fast path left for the caller's tuples
+        line = lines[n]
+        body = line[line.index(b'"entry":') + 8 : line.rindex(b',"index":')]
+        scanned[n] = (*scanned[n][:7], blake2b(body, digest_size=16).digest(), scanned[n][8])
     return ChunkResult(scanned, findings, folded, effects.books)
+
+
+def _as_run(scanned: list[Scanned]) -> Run | None:
+    if not scanned:
+        return None
+    first = scanned[0]
+    log, index, prev, stamp = first[1], first[2], first[3], first[5]
+    if type(log) is not str or type(index) is not int or prev is None:
+        return None
+    start_stamp, entry_kinds = stamp, ENTRY_KINDS
+    kinds, hashes = [], []
+    for item in scanned:
+        if item[1] != log or item[2] != index or item[3] != prev or not item[5] >= stamp:
+            return None
+        kind = item[6]
+        if kind == AUDIT:
+            kinds.append("A")
+        elif kind in entry_kinds:
+            kinds.append("E")
+        else:
+            return None
+        prev = item[4]
+        hashes.append(prev)
+        index += 1
+        stamp = item[5]
+    return Run(log, first[2], first[3], start_stamp, stamp, b"".join(hashes), "".join(kinds))
+
+
+def _scan_fast(
+    lines: Sequence[bytes],
+    first_line: int,
+    effects: Effects,
+    findings: list[Finding],
+    timestamps: dict[str, bool],
+    scanned: list[Scanned],
+) -> list[int]:
+    """:func:`_scan_line` over every line, in one loop that makes the same checks inline for a
+    leaf that passes them all (the common case) and hands any other leaf, untouched, to
+    :func:`_scan_line`, which says what is wrong. Nothing is tallied before a leaf has passed
+    every check, so the hand-over never counts an entry twice. The leaves that took the fast
+    way get no body digest (a :class:`Run` needs none): their positions in ``scanned`` are
+    returned, for the caller to fill in when it does need them."""
+    sha256, loads, dumps = hashlib.sha256, orjson.loads, orjson.dumps
+    decode_error, encode_error = orjson.JSONDecodeError, orjson.JSONEncodeError
+    float_member, float_item, float_first = _FLOAT_MEMBER, _FLOAT_ITEM, _FLOAT_FIRST
+    hex64, hex32, uuid_match = _HEX64.fullmatch, _HEX32.fullmatch, _UUID.fullmatch
+    accounts_cache, parse_account = _ACCOUNTS, _account
+    envelope_keys, entry_keys, posting_keys = _ENVELOPE_KEYS, _ENTRY_KEYS, _POSTING_KEYS
+    lot_keys, move_keys, entry_kinds = _LOT_KEYS, _MOVE_KEYS, ENTRY_KINDS
+    sorted_option, max_depth, version = _SORTED, MAX_DEPTH, ENVELOPE_VERSION
+    values = effects.values
+    balance, cover, pending = values["balance"], values["cover"], values["pending"]
+    state, terms = values["lot-state"], values["lot-terms"]
+    append = scanned.append
+    plain = frozenset({str, type(None)})
+    lazy: list[int] = []
+    for line_no, line in enumerate(lines, first_line):
+        if (
+            line[:9] == b'{"index":'
+            or not line.isascii()
+            or b"\\" in line
+            or line.count(b"{") + line.count(b"[") > max_depth
+        ):
+            append(_scan_line(line, line_no, effects, findings, timestamps))
+            continue
+        try:
+            envelope = loads(line)
+            if type(envelope) is not dict or dumps(envelope, option=sorted_option) != line:
+                envelope = None
+        except (decode_error, encode_error):
+            envelope = None
+        if envelope is None or envelope.keys() != envelope_keys:
+            append(_scan_line(line, line_no, effects, findings, timestamps))
+            continue
+        # The round trip gave back the bytes, so every object's members are in sorted order.
+        stamp, body, index, kind, log, nonce, prev, v = envelope.values()
+        if not (
+            type(v) is int
+            and v == version
+            and type(index) is int
+            and index >= 0
+            and type(log) is str
+            and type(kind) is str
+            and type(prev) is str
+            and hex64(prev)
+            and type(nonce) is str
+            and hex32(nonce)
+            and type(body) is dict
+            and (stamp in timestamps or _known_stamp(stamp, timestamps))
+        ):
+            append(_scan_line(line, line_no, effects, findings, timestamps))
+            continue
+        if kind in entry_kinds:
+            # _entry_shape and check_entry, inline; any doubt goes the long way.
+            if body.keys() != entry_keys or body["kind"] != kind:
+                append(_scan_line(line, line_no, effects, findings, timestamps))
+                continue
+            (
+                attributes,
+                booked_at,
+                business_time,
+                credential,
+                entry_id,
+                idempotency_key,
+                _,
+                moves,
+                opened,
+                released,
+                partner,
+                postings,
+                reason,
+                refers_to,
+            ) = body.values()
+            ok = (
+                type(entry_id) is str
+                and uuid_match(entry_id) is not None
+                and type(postings) is list
+                and len(postings) >= 2
+                and type(opened) is list
+                and type(moves) is list
+                and type(released) is list
+                and (kind != "ADJUSTMENT" or (type(reason) is str and reason.strip() != ""))
+            )
+            # Every value of a type checked here, or text or null: then no number with a
+            # fraction or an exponent (which the round trip cannot see) can hide in the leaf.
+            typed = (
+                type(attributes) is dict
+                and not attributes
+                and type(business_time) in plain
+                and type(booked_at) in plain
+                and type(partner) in plain
+                and type(credential) in plain
+                and type(idempotency_key) in plain
+                and type(refers_to) in plain
+                and type(reason) in plain
+            )
+            points = euros = 0
+            posted = []
+            if ok:
+                for posting in postings:
+                    if not (type(posting) is dict and posting.keys() == posting_keys):
+                        ok = False
+                        break
+                    account, amount = posting.values()
+                    if type(account) is not str or type(amount) is not int or amount == 0:
+                        ok = False
+                        break
+                    parsed = accounts_cache.get(account)
+                    if parsed is None:
+                        parsed = parse_account(account)
+                        if parsed is None:
+                            ok = False
+                            break
+                    if parsed[0]:
+                        euros += amount
+                    else:
+                        points += amount
+                    posted.append((account, amount, parsed[1], parsed[2]))
+            if ok and (points or euros):
+                ok = False
+            new_lots = []
+            if ok:
+                for lot in opened:
+                    if not (type(lot) is dict and lot.keys() == lot_keys):
+                        ok = False
+                        break
+                    amount, earned, expires, funder, lot_id, member, until, price = lot.values()
+                    if not (
+                        type(lot_id) is str
+                        and uuid_match(lot_id)
+                        and type(amount) is int
+                        and amount > 0
+                    ):
+                        ok = False
+                        break
+                    typed = (
+                        typed
+                        and type(member) in plain
+                        and type(funder) in plain
+                        and type(earned) in plain
+                        and type(expires) in plain
+                        and type(until) in plain
+                        and type(price) in plain
+                    )
+                    new_lots.append((lot_id, 2 * amount + (until is not None), lot))
+            if ok:
+                for move in moves:
+                    if not (type(move) is dict and move.keys() == move_keys):
+                        ok = False
+                        break
+                    delta, lot_id = move.values()
+                    if not (type(lot_id) is str and uuid_match(lot_id) and type(delta) is int):
+                        ok = False
+                        break
+                    if delta == 0:
+                        ok = False
+                        break
+            if ok:
+                for lot_id in released:
+                    if not (type(lot_id) is str and uuid_match(lot_id)):
+                        ok = False
+                        break
+            if ok and not typed:
+                ok = not (float_member(line) or float_item(line) or float_first(line))
+            if not ok:
+                append(_scan_line(line, line_no, effects, findings, timestamps))
+                continue
+            for account, amount, member, is_pending in posted:
+                balance[account] += amount
+                if member is not None:
+                    if is_pending:
+                        pending[member] += amount
+                    else:
+                        cover[member] += amount
+            for lot_id, opened_state, lot in new_lots:
+                terms[lot_id] += lot_terms(entry_id, lot)
+                state[lot_id] += opened_state
+            for move in moves:
+                state[move["lot"]] += 2 * move["delta"]
+            for lot_id in released:
+                state[lot_id] -= 1
+            extra = None
+        elif kind == AUDIT and body.get("kind") == kind:
+            event_id = body.get("id")
+            if not (type(event_id) is str and uuid_match(event_id)) or (
+                float_member(line) or float_item(line) or float_first(line)
+            ):
+                append(_scan_line(line, line_no, effects, findings, timestamps))
+                continue
+            extra = None
+        else:
+            append(_scan_line(line, line_no, effects, findings, timestamps))
+            continue
+        lazy.append(line_no - first_line)
+        leaf_hash = sha256(b"\x00" + line).digest()
+        append((line_no, log, index, bytes.fromhex(prev), leaf_hash, stamp, kind, None, extra))
+    return lazy
+
+
+def _known_stamp(stamp: Any, timestamps: dict[str, bool]) -> bool:
+    """Whether ``committed_at`` is a profile timestamp, remembered as :func:`_check_envelope`
+    remembers it."""
+    try:
+        parse_timestamp(stamp)
+    except ProfileError:
+        return False
+    if len(timestamps) > 64:
+        timestamps.clear()
+    timestamps[stamp] = True
+    return True
 
 
 def _scan_line(
@@ -182,6 +478,9 @@ def fold_cache_chunk(
     effects = Effects()
     findings: list[Finding] = []
     errors: list[tuple[str, str]] = []
+    if file == "lots.jsonl":
+        _fold_lots(lines, first_line, effects, errors)
+        return CacheResult(fold_many(effects.values, secret, buckets, RECURRING), [], errors)
     for offset, line in enumerate(lines):
         where = f"{file}:{first_line + offset}"
         if file == "balances.jsonl":
@@ -200,7 +499,41 @@ def fold_cache_chunk(
                 continue
             for name, key, value in lot_cache_values(row):
                 effects.add(name, key, value)
-    return CacheResult(fold_many(effects.values, secret, buckets), findings, errors)
+    return CacheResult(fold_many(effects.values, secret, buckets, RECURRING), findings, errors)
+
+
+def _fold_lots(
+    lines: Sequence[bytes], first_line: int, effects: Effects, errors: list[tuple[str, str]]
+) -> None:
+    """The lots.jsonl half of :func:`fold_cache_chunk`: :func:`lot_row` and
+    :func:`lot_cache_values`, inline, for each line."""
+    loads, decode_error, terms_of = orjson.loads, orjson.JSONDecodeError, lot_terms
+    values = effects.values
+    terms, state = values["lot-terms"], values["lot-state"]
+    cover, pending = values["cover"], values["pending"]
+    for line_no, line in enumerate(lines, first_line):
+        try:
+            row = loads(line)
+        except decode_error:
+            row = None
+        if type(row) is dict:
+            remaining, lot_id = row.get("remaining"), row.get("id")
+            member, opened_by = row.get("member"), row.get("opened_by")
+            if (
+                type(remaining) is int
+                and isinstance(lot_id, str)
+                and isinstance(member, str)
+                and isinstance(opened_by, str)
+            ):
+                is_pending = bool(row.get("pending"))
+                terms[lot_id] += terms_of(opened_by, row)
+                state[lot_id] += 2 * remaining + is_pending
+                if is_pending:
+                    pending[member] += remaining
+                else:
+                    cover[member] += remaining
+                continue
+        errors.append((f"lots.jsonl:{line_no}", "not a lot"))
 
 
 def balance_row(line: bytes) -> tuple[str, int] | str:
@@ -373,10 +706,13 @@ def lot_terms(opened_by: str, lot: dict[str, Any]) -> int:
     """A 64-bit digest of a lot's terms and the entry that opened it (compared, never stored)."""
     terms = (opened_by, *map(lot.get, _LOT_ORDER))
     try:
-        data = orjson.dumps(terms)
+        data = _dumps(terms)
     except orjson.JSONEncodeError:  # a value no profile leaf holds: digest it some other way
         data = repr(terms).encode()
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
+    return _from_bytes(_blake2b(data, digest_size=8).digest(), "big")
+
+
+_dumps, _blake2b, _from_bytes = orjson.dumps, hashlib.blake2b, int.from_bytes
 
 
 #: (is a euro account, member code or None, is a member's pending account) of an account name,

@@ -12,7 +12,8 @@ bucket disagrees except with probability 1/p (p = 2^61 − 1) — and since the 
 no one preparing the data can arrange for two edits to cancel. A bucket that disagrees is then
 re-read, keeping exact values only for its keys, to name them (:meth:`Tally.owns`).
 
-Memory: ``2 × buckets`` integers per tally, whatever the number of keys.
+Memory: ``2 × buckets`` integers per tally, whatever the number of keys, and in each process a
+bounded cache of the slots of keys that recur from chunk to chunk (accounts and members).
 """
 
 from __future__ import annotations
@@ -47,22 +48,43 @@ def fold(values: Mapping[str, int], secret: bytes, buckets: int = BUCKETS) -> di
     return fold_many({"": values}, secret, buckets)[""]
 
 
+#: Slots of keys that recur from chunk to chunk (accounts, members), kept between calls in this
+#: process for one (secret, buckets) at a time; bounded, so memory stays flat.
+_KEPT: dict[tuple[bytes, int], dict[str, tuple[int, int]]] = {}
+_KEPT_MAX = 1 << 15
+
+
 def fold_many(
-    tallies: Mapping[str, Mapping[str, int]], secret: bytes, buckets: int = BUCKETS
+    tallies: Mapping[str, Mapping[str, int]],
+    secret: bytes,
+    buckets: int = BUCKETS,
+    recurring: frozenset[str] = frozenset(),
 ) -> dict[str, dict[int, int]]:
-    """:func:`fold` for several tallies at once, hashing each distinct key once."""
+    """:func:`fold` for several tallies at once, hashing each distinct key once. The slots of
+    the keys of the ``recurring`` tallies are kept for the next call (up to a bound)."""
     keyed = hashlib.blake2b(key=secret, digest_size=16)
-    slots: dict[str, tuple[int, int]] = {}
+    copy, from_bytes, low, prime = keyed.copy, int.from_bytes, _LOW, P
+    kept = _KEPT.get((secret, buckets))
+    if kept is None or len(kept) > _KEPT_MAX:
+        _KEPT.clear()
+        kept = _KEPT[(secret, buckets)] = {}
+    fresh: dict[str, tuple[int, int]] = {}
     out: dict[str, dict[int, int]] = {}
     for name, values in tallies.items():
-        folded = out[name] = {}
+        slots = kept if name in recurring else fresh
+        # Sums first, reduced once per bucket: Python integers do not overflow.
+        sums: dict[int, int] = {}
         for key, value in values.items():
             if value:
                 found = slots.get(key)
-                if found is None:
-                    found = slots[key] = _slot(key, keyed, buckets)
+                if found is None:  # _slot, inline: this loop runs once per key per chunk
+                    hasher = copy()
+                    hasher.update(key.encode())
+                    digest = from_bytes(hasher.digest(), "big")
+                    found = slots[key] = ((digest >> 64) % buckets, (digest & low) % prime)
                 bucket, weight = found
-                folded[bucket] = (folded.get(bucket, 0) + weight * value) % P
+                sums[bucket] = sums.get(bucket, 0) + weight * value
+        out[name] = {bucket: total % prime for bucket, total in sums.items()}
     return out
 
 

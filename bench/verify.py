@@ -11,7 +11,10 @@ files (no database) in a temporary directory, verifies each with
   CPython);
 - the peak resident memory of the verifying process (``VmHWM``; the workers' peak too when
   they run) and the peak of Python's own allocations (``tracemalloc``, in a separate run) at
-  two sizes, to show it does not grow with the log.
+  two sizes, to show it does not grow with the log;
+- the CPU time per entry of the verifier (its own and its workers'), which other load on the
+  machine does not change, and of the per-leaf stages at the largest size, beside the floors
+  (SHA-256, the orjson round trip).
 
 Sizes: 100,000 and 1,000,000 entries (``--quick``: 10,000 and 50,000). The journal: 2,000
 members, 20 partners; about two thirds EARN (one lot each) and one third BURN (lot moves); an
@@ -40,6 +43,8 @@ from collections import deque
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from audit.bundle import FILES, FORMAT, TRUST_POLICY, verify_bundle
 from bench.suite import Figure
@@ -288,12 +293,18 @@ def root(peaks: list[tuple[int, bytes]]) -> bytes:
 
 
 def verify_in_child(path: str, vkey: str, workers: int, queue: multiprocessing.Queue) -> None:
-    """Verify in a fresh process and report (seconds, findings, peak RSS KiB self/children)."""
+    """Verify in a fresh process and report (seconds, findings, leaves, peak RSS KiB self and
+    workers, CPU seconds self and workers)."""
+    before = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
     report = verify_bundle(Path(path), [NoteVerifier.from_vkey(vkey)], workers=workers)
     elapsed = time.perf_counter() - started
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    queue.put((elapsed, len(report.findings), report.leaves, high_water_kib(), children))
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    own_cpu = own.ru_utime + own.ru_stime - before.ru_utime - before.ru_stime
+    cpu = (own_cpu, children.ru_utime + children.ru_stime)
+    peaks = (high_water_kib(), children.ru_maxrss)
+    queue.put((elapsed, len(report.findings), report.leaves, *peaks, *cpu))
 
 
 def high_water_kib() -> int:
@@ -311,6 +322,63 @@ def heap_in_child(path: str, vkey: str, queue: multiprocessing.Queue) -> None:
     tracemalloc.start()
     verify_bundle(Path(path), [NoteVerifier.from_vkey(vkey)])
     queue.put(tracemalloc.get_traced_memory()[1])
+
+
+SAMPLE = 100_000
+
+
+def stages_in_child(path: str, queue: multiprocessing.Queue) -> None:
+    """CPU microseconds per entry of the per-leaf stages, on the first ``SAMPLE`` leaves (and
+    lots) of the bundle, in one process: the floors (SHA-256, the orjson round trip) and what
+    the workers do (:func:`audit.leafscan.scan_chunk`, the cached lots' fold)."""
+    from audit.leafscan import fold_cache_chunk, scan_chunk
+
+    bundle = Path(path)
+    with (bundle / "leaves.jsonl").open("rb") as handle:
+        lines = [line[:-1] for _, line in zip(range(SAMPLE), handle, strict=False)]
+    with (bundle / "lots.jsonl").open("rb") as handle:
+        lots = [line[:-1] for _, line in zip(range(SAMPLE), handle, strict=False)]
+    counts = json.loads((bundle / "manifest.json").read_text())["files"]
+    lots_per_leaf = counts["lots.jsonl"]["lines"] / counts["leaves.jsonl"]["lines"]
+    secret, option = os.urandom(32), orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER
+    chunk = 4700  # about the lines of a 4 MiB chunk
+
+    def sha() -> None:
+        for line in lines:
+            hashlib.sha256(b"\x00" + line).digest()
+
+    def codec() -> None:
+        for line in lines:
+            orjson.dumps(orjson.loads(line), option=option) == line  # noqa: B015
+
+    def scan() -> None:
+        for start in range(0, len(lines), chunk):
+            scan_chunk(lines[start : start + chunk], start + 1, secret)
+
+    def fold_lots() -> None:
+        for start in range(0, len(lots), 3 * chunk):
+            fold_cache_chunk("lots.jsonl", lots[start : start + 3 * chunk], start + 1, secret)
+
+    def cost(work: Any, per: int, scale: float = 1.0) -> float:
+        best = float("inf")
+        for _ in range(2):
+            started = time.process_time()
+            work()
+            best = min(best, time.process_time() - started)
+        return best * 1e6 / max(per, 1) * scale
+
+    queue.put(
+        {
+            "SHA-256 of each leaf (floor)": cost(sha, len(lines)),
+            "orjson parse + sorted re-serialise + compare (floor)": cost(codec, len(lines)),
+            "scan_chunk: canonical bytes, envelope, entry rules, tallies, fold": cost(
+                scan, len(lines)
+            ),
+            "cached lots: parse, terms, fold (per entry)": cost(
+                fold_lots, len(lots), lots_per_leaf
+            ),
+        }
+    )
 
 
 def idle_child(queue: multiprocessing.Queue) -> None:
@@ -375,8 +443,11 @@ def machine() -> list[str]:
 Row = tuple[int, int, float, float, float, float, Any, Any, int]
 
 
-def measure(sizes: tuple[int, ...], workers: int) -> list[Row]:
-    """Generate, baseline and verify a bundle of each size; one row per size."""
+def measure(
+    sizes: tuple[int, ...], workers: int, stages: dict[int, dict[str, float]] | None = None
+) -> list[Row]:
+    """Generate, baseline and verify a bundle of each size; one row per size (and, into
+    ``stages``, the per-entry cost of the per-leaf stages at the largest size)."""
     signer = NoteSigner.generate(ORIGIN)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-verify-") as tmp:
@@ -391,6 +462,8 @@ def measure(sizes: tuple[int, ...], workers: int) -> list[Row]:
             assert one[1] == many[1] == 0, "the synthetic bundle must verify"
             heap = in_child(heap_in_child, str(path), signer.vkey)
             rows.append((size, one[2], megabytes, generated, baseline, codec, one, many, heap))
+            if stages is not None and size == max(sizes):
+                stages[size] = in_child(stages_in_child, str(path))
     return rows
 
 
@@ -459,7 +532,8 @@ def main() -> None:
         sizes = tuple(int(size) for size in args.sizes.split(","))
     idle = in_child(idle_child)
     loads = [" ".join(f"{load:.2f}" for load in os.getloadavg())]
-    rows = measure(sizes, args.workers)
+    stages: dict[int, dict[str, float]] = {}
+    rows = measure(sizes, args.workers, stages)
     loads.append(" ".join(f"{load:.2f}" for load in os.getloadavg()))
     print("\n".join(machine()))
     print(f"load average at start: {loads[0]}; at end: {loads[1]}")
@@ -482,6 +556,20 @@ def main() -> None:
             f"| {heap / 2**20:.1f} MiB |"
         )
     print("generation: " + ", ".join(f"{r[0]:,} in {r[3]:.0f} s" for r in rows))
+    print("CPU per entry (µs; CPU time, so other load on the machine does not count):")
+    for size, _, _, _, _, _, one, many, _ in rows:
+        own, workers = many[5] * 1e6 / size, many[6] * 1e6 / size
+        print(
+            f"  {size:,} entries: 1 process {one[5] * 1e6 / size:.1f}; {n} processes "
+            f"{own:.1f} (main: order, tree, records, manifest hash, reading) + {workers:.1f} "
+            f"(workers: leaves and caches) = {own + workers:.1f}, so at most "
+            f"{(os.cpu_count() or 1) * 1e6 / (own + workers):,.0f} entries/s on "
+            f"{os.cpu_count()} idle cores"
+        )
+    for size, costs in stages.items():
+        print(f"  per-leaf stages, first {min(SAMPLE, size):,} leaves of {size:,}, 1 process:")
+        for name, micros in costs.items():
+            print(f"    {name}: {micros:.2f}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,400 @@
+"""The bundle verifier's fast paths give exactly what the leaf-by-leaf checks give.
+
+:func:`audit.leafscan.scan_chunk` checks most leaves inline and hands the rest to
+:func:`audit.leafscan._scan_line`; the bundle verifier takes a clean chunk as one run and grows
+the Merkle tree a complete subtree at a time. Each is held here to the plain version: the same
+per-leaf tuples, findings, tallies and book sums, the same tree.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import random
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from audit.bundle import _push, _push_many, _root
+from audit.leafscan import Effects, _scan_line, scan_chunk
+from audit.tally import fold_many
+from ledger.journal import build_leaf
+
+LOG = "test.example/ledger"
+SECRET = bytes(range(32))
+BUCKETS = 64
+
+
+def _uuid(rng: random.Random) -> str:
+    value = f"{rng.getrandbits(128):032x}"
+    return f"{value[:8]}-{value[8:12]}-4{value[13:16]}-a{value[17:20]}-{value[20:]}"
+
+
+def _entry(rng: random.Random, kind: str = "EARN") -> dict[str, Any]:
+    member = f"m_{rng.randrange(20):04d}"
+    points = rng.randint(1, 500)
+    record: dict[str, Any] = {
+        "id": _uuid(rng),
+        "kind": kind,
+        "business_time": "2026-03-02T09:00:00.000000Z",
+        "booked_at": "2026-03-02T09:00:00.000000Z",
+        "partner": "P01",
+        "credential": "key-p01",
+        "idempotency_key": f"k-{rng.getrandbits(32):08x}",
+        "refers_to": None,
+        "reason": "a reason" if kind == "ADJUSTMENT" else None,
+        "postings": [
+            {"account": "partner:P01:issued", "amount": -points},
+            {"account": f"member:{member}:available", "amount": points},
+        ],
+        "lots_opened": [],
+        "lot_moves": [],
+        "lots_released": [],
+        "attributes": {},
+    }
+    if kind == "EARN":
+        record["lots_opened"] = [
+            {
+                "id": _uuid(rng),
+                "member": member,
+                "funder": "P01",
+                "amount": points,
+                "earned_at": "2026-03-02T09:00:00.000000Z",
+                "expires_at": "2029-03-02T09:00:00.000000Z",
+                "pending_until": None if rng.random() < 0.7 else "2026-04-01T00:00:00.000000Z",
+                "price_version": "P01/v1",
+            }
+        ]
+    elif kind == "BURN":
+        record["postings"] = [
+            {"account": f"member:{member}:available", "amount": -points},
+            {"account": "partner:P01:redeemed", "amount": points},
+        ]
+        record["lot_moves"] = [{"lot": _uuid(rng), "delta": -points}]
+    elif kind == "EXPIRE":
+        record["postings"] = [
+            {"account": f"member:{member}:pending", "amount": -points},
+            {"account": "program:breakage", "amount": points},
+        ]
+        record["lots_released"] = [_uuid(rng)]
+    elif kind == "SETTLEMENT":
+        record["postings"] = [
+            {"account": "operator:bank", "amount": -points},
+            {"account": "partner:P01:settlement", "amount": points},
+        ]
+    return record
+
+
+def _audit(rng: random.Random) -> dict[str, Any]:
+    return {"kind": "AUDIT", "id": _uuid(rng), "action": "member.read", "before": None}
+
+
+class _Log:
+    """Leaves of one log, chained, as the integrator writes them."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.prev = bytes(32)
+        self.index = 0
+        self.at = datetime(2026, 3, 2, 9, tzinfo=UTC)
+
+    def leaf(self, kind: str, body: dict[str, Any]) -> bytes:
+        data = build_leaf(
+            log=LOG,
+            index=self.index,
+            prev=self.prev,
+            kind=kind,
+            body=body,
+            committed_at=self.at,
+            nonce=self.rng.randbytes(16),
+        ).data
+        self.prev = hashlib.sha256(b"\x00" + data).digest()
+        self.index += 1
+        self.at += timedelta(microseconds=self.rng.choice([0, 0, 1]))
+        return data
+
+
+def _sorted_json(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _variants(log: _Log) -> list[bytes]:
+    """Valid leaves of every shape, and leaves wrong in every way the checks look for."""
+    rng = log.rng
+    lines = [log.leaf(kind, _entry(rng, kind)) for kind in ("EARN", "BURN", "EXPIRE")]
+    lines += [log.leaf("SETTLEMENT", _entry(rng, "SETTLEMENT"))]
+    lines += [log.leaf("ADJUSTMENT", _entry(rng, "ADJUSTMENT")), log.leaf("AUDIT", _audit(rng))]
+    lines.append(log.leaf("LOG_START", {"previous_log": None}))
+
+    def edited(change: Any, kind: str = "EARN") -> bytes:
+        body = _entry(rng, kind)
+        change(body)
+        return log.leaf(body["kind"], body)
+
+    def posting(n: int, **fields: Any) -> Any:
+        return lambda b: b["postings"][n].update(fields)
+
+    lines += [
+        edited(posting(0, amount=-1)),  # unbalanced
+        edited(lambda b: b["postings"].pop()),  # one posting
+        edited(lambda b: b["postings"].clear()),
+        edited(posting(1, account="member:bad name:available")),
+        edited(posting(0, account="nobody:P01:issued")),
+        edited(posting(0, amount=0)),
+        edited(lambda b: b["postings"].append({"account": "program:funded", "amount": 0})),
+        edited(posting(0, amount=True)),
+        edited(posting(0, amount="5")),
+        edited(lambda b: b["postings"][0].update(note="x")),
+        edited(lambda b: b.update(postings={})),
+        edited(lambda b: b.update(postings=[{"account": "operator:bank", "amount": 3}] * 2)),
+        edited(lambda b: b.update(id="NOT-A-UUID")),
+        edited(lambda b: b.update(id=7)),
+        edited(lambda b: b.update(extra=1)),
+        edited(lambda b: b.pop("attributes")),
+        edited(lambda b: b.update(reason=" "), "ADJUSTMENT"),
+        edited(lambda b: b.update(reason=None), "ADJUSTMENT"),
+        edited(lambda b: b["lots_opened"][0].update(amount=0)),
+        edited(lambda b: b["lots_opened"][0].update(id="x")),
+        edited(lambda b: b["lots_opened"][0].pop("funder")),
+        edited(lambda b: b["lots_opened"].append([])),
+        edited(lambda b: b["lot_moves"][0].update(delta=0), "BURN"),
+        edited(lambda b: b["lot_moves"][0].update(lot=None), "BURN"),
+        edited(lambda b: b["lot_moves"][0].update(extra=1), "BURN"),
+        edited(lambda b: b.update(lots_released=["nope"]), "EXPIRE"),
+        edited(lambda b: b.update(lots_released={}), "EXPIRE"),
+        edited(lambda b: b.update(kind="BURN")),  # the envelope says EARN
+        edited(lambda b: b.update(kind="NOT_A_KIND")),
+        edited(lambda b: b.update(attributes={"ok": [1, 2, {"deep": "é"}]})),
+        edited(lambda b: b.update(attributes={"n": -9007199254740991})),
+    ]
+    good, audit = lines[0], lines[5]
+    assert b'"kind":"AUDIT"' in audit
+    envelope = json.loads(good)
+    for key, value in [
+        ("v", 2),
+        ("v", True),
+        ("index", -1),
+        ("index", "3"),
+        ("log", 5),
+        ("prev", "AB" * 32),
+        ("prev", "ab" * 31),
+        ("nonce", "cd" * 15),
+        ("committed_at", "2026-02-30T00:00:00.000000Z"),
+        ("committed_at", "yesterday"),
+        ("kind", "AUDIT"),
+        ("entry", []),
+    ]:
+        lines.append(_sorted_json({**envelope, key: value}))
+    lines.append(_sorted_json({k: v for k, v in envelope.items() if k != "nonce"}))
+    body = good[good.index(b'"entry":') + 8 : good.rindex(b',"index":')]
+    lines += [
+        good.replace(b'"amount":', b'"amount": ', 1),  # not canonical
+        good.replace(b'"attributes":{}', b'"attributes":{"f":1.5}'),
+        good.replace(b'"attributes":{}', b'"attributes":{"f":[2.0,1E3]}'),
+        good.replace(b'"attributes":{}', b'"attributes":{"t":"12:00.5, [1.5"}'),
+        good.replace(b'"attributes":{}', b'"attributes":{"u":"\\u00e9"}'),
+        good.replace(b'"attributes":{}', '"attributes":{"u":"é"}'.encode()),
+        good.replace(b'"attributes":{}', b'"attributes":{"d":' + b"[" * 70 + b"]" * 70 + b"}"),
+        good.replace(b'"attributes":{}', b'"attributes":{"d":' + b"[" * 40 + b"]" * 40 + b"}"),
+        good.replace(b'"attributes":{}', b'"attributes":{"a":1,"a":2}'),
+        good.replace(body, b"[]"),
+        # Numbers with a fraction where no check looks at the type: the bytes must still be read.
+        good.replace(b'"reason":null', b'"reason":1.5'),
+        good.replace(b'"reason":null', b'"reason":1.0'),
+        good.replace(b'"reason":null', b'"reason":15'),
+        good.replace(b'"partner":"P01"', b'"partner":[2.0]'),
+        good.replace(b'"refers_to":null', b'"refers_to":{"x":[1.5]}'),
+        good.replace(b'"funder":"P01"', b'"funder":1.0'),
+        good.replace(b'"price_version":"P01/v1"', b'"price_version":[0,1.25]'),
+        good.replace(b'"attributes":{}', b'"attributes":[]'),
+        good.replace(b'"attributes":{}', b'"attributes":0.0'),
+        audit.replace(b'"before":null', b'"before":0.5'),
+        audit.replace(b'"before":null', b'"before":5'),
+        good[:-1],
+        b"",
+        b"not json",
+        b"[1,2]",
+        _sorted_json({"index": 99, "leaf_base64": base64.b64encode(good).decode(), "log": LOG}),
+        _sorted_json({"index": 99, "leaf_base64": "!!", "log": LOG}),
+    ]
+    return lines
+
+
+def _reference(lines: list[bytes], first_line: int) -> tuple[Any, ...]:
+    """The leaf-by-leaf scan: every line through :func:`_scan_line`."""
+    effects, findings, timestamps = Effects(), [], {}
+    leaves = [
+        _scan_line(line, first_line + n, effects, findings, timestamps)
+        for n, line in enumerate(lines)
+    ]
+    folded = fold_many(effects.values, SECRET, BUCKETS)
+    return leaves, findings, folded, effects.books
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_fast_scan_agrees_with_the_leaf_by_leaf_scan(seed: int) -> None:
+    log = _Log(seed)
+    rng = random.Random(seed)
+    lines = _variants(log)
+    lines += [log.leaf("EARN", _entry(rng)) for _ in range(40)]
+    rng.shuffle(lines)
+    expected = _reference(lines, 11)
+    result = scan_chunk(lines, 11, SECRET, BUCKETS, runs=False)
+    assert result.run is None
+    assert result.leaves == expected[0]
+    assert result.findings == expected[1]
+    assert result.folded == expected[2]
+    assert result.books == expected[3]
+    assert len(result.findings) > 40  # the bad variants were seen as bad
+
+
+def test_a_clean_chunk_comes_back_as_one_run() -> None:
+    log = _Log(1)
+    rng = log.rng
+    kinds = ["EARN", "BURN", "AUDIT", "EXPIRE", "SETTLEMENT", "ADJUSTMENT"] * 5
+    lines = [
+        log.leaf(kind, _audit(rng) if kind == "AUDIT" else _entry(rng, kind)) for kind in kinds
+    ]
+    result = scan_chunk(lines, 1, SECRET, BUCKETS)
+    expected = _reference(lines, 1)
+    assert result.run is not None
+    assert result.leaves == []
+    assert result.findings == []
+    assert (result.folded, result.books) == (expected[2], expected[3])
+    run = result.run
+    assert (run.log, run.first, run.prev) == (LOG, 0, bytes(32))
+    assert run.hashes == b"".join(leaf[4] for leaf in expected[0])
+    assert run.kinds == "".join("A" if kind == "AUDIT" else "E" for kind in kinds)
+    assert (run.first_stamp, run.last_stamp) == (expected[0][0][5], expected[0][-1][5])
+
+
+@pytest.mark.parametrize(
+    "break_it",
+    [
+        lambda lines: lines.pop(3),  # a gap
+        lambda lines: lines.insert(2, lines.pop(5)),  # reordered
+        lambda lines: lines.insert(4, lines[4]),  # repeated
+        lambda lines: lines.__setitem__(6, lines[6].replace(b'"prev":"', b'"prev":"0', 1)),
+    ],
+)
+def test_a_chunk_that_does_not_hold_together_is_no_run(break_it: Any) -> None:
+    log = _Log(2)
+    lines = [log.leaf("EARN", _entry(log.rng)) for _ in range(12)]
+    break_it(lines)
+    result = scan_chunk(lines, 1, SECRET, BUCKETS)
+    expected = _reference(lines, 1)
+    assert result.run is None
+    assert (result.leaves, result.findings, result.folded) == expected[:3]
+
+
+def test_an_index_skipped_on_an_intact_chain_is_no_run() -> None:
+    log = _Log(4)
+    lines = [log.leaf("EARN", _entry(log.rng)) for _ in range(4)]
+    log.index += 1
+    lines += [log.leaf("EARN", _entry(log.rng)) for _ in range(4)]
+    result = scan_chunk(lines, 1, SECRET, BUCKETS)
+    assert result.run is None
+    assert result.leaves == _reference(lines, 1)[0]
+
+
+def test_a_stamp_going_back_is_no_run() -> None:
+    log = _Log(3)
+    lines = [log.leaf("EARN", _entry(log.rng)) for _ in range(4)]
+    log.at -= timedelta(seconds=1)
+    lines += [log.leaf("EARN", _entry(log.rng)) for _ in range(4)]
+    assert scan_chunk(lines, 1, SECRET, BUCKETS).run is None
+
+
+@pytest.mark.parametrize("start", [0, 1, 3, 6, 8, 255, 1000])
+def test_growing_the_tree_a_subtree_at_a_time_equals_leaf_by_leaf(start: int) -> None:
+    rng = random.Random(start)
+    hashes = [rng.randbytes(32) for _ in range(start + 700)]
+    one: list[tuple[int, bytes]] = []
+    for leaf in hashes:
+        _push(one, leaf)
+    many: list[tuple[int, bytes]] = []
+    for leaf in hashes[:start]:
+        _push(many, leaf)
+    done = start
+    for step in (1, 2, 5, 64, 100, 128, 400):
+        _push_many(many, hashes[done : done + step])
+        done += step
+        expected: list[tuple[int, bytes]] = []
+        for leaf in hashes[:done]:
+            _push(expected, leaf)
+        assert many == expected
+        assert _root(many) == _root(expected)
+    assert many == one
+
+
+def test_folding_cached_lots_equals_the_row_by_row_fold() -> None:
+    from audit.leafscan import fold_cache_chunk, lot_cache_values, lot_row
+
+    rng = random.Random(5)
+    rows: list[bytes] = []
+    for n in range(30):
+        lot = _entry(rng)["lots_opened"][0]
+        row = {**lot, "opened_by": _uuid(rng), "remaining": n % 7, "pending": n % 3 == 0}
+        rows.append(_sorted_json(row))
+    rows += [
+        b"not json",
+        b"[]",
+        _sorted_json({"id": "x", "member": "m", "opened_by": "e", "remaining": "1"}),
+        _sorted_json({"id": "x", "member": 5, "opened_by": "e", "remaining": 1}),
+        _sorted_json({"id": "x", "member": "m", "opened_by": "e", "remaining": True}),
+        _sorted_json({"id": "x", "member": "m", "opened_by": "e", "remaining": 2, "amount": 1.5}),
+    ]
+    effects, errors = Effects(), []
+    for n, line in enumerate(rows, 3):
+        row = lot_row(line)
+        if row is None:
+            errors.append((f"lots.jsonl:{n}", "not a lot"))
+            continue
+        for name, key, value in lot_cache_values(row):
+            effects.add(name, key, value)
+    result = fold_cache_chunk("lots.jsonl", rows, 3, SECRET, BUCKETS)
+    assert result.errors == errors
+    assert len(errors) == 5
+    assert result.folded == fold_many(effects.values, SECRET, BUCKETS)
+    assert result.findings == []
+
+
+def test_the_tables_lines_are_taken_in_one_piece_or_one_by_one(tmp_path: Any) -> None:
+    """_Joined takes the lines the exporter writes for a run of leaves in one comparison; when
+    they differ, nothing is taken, and line by line the same lines come back as before."""
+    from audit.bundle import _Joined, _plain_json
+
+    def line(index: int, record: bytes, log: str = LOG) -> bytes:
+        return b'{"index":%d,"log":"%s","queued":false,"record":%s}\n' % (
+            index,
+            log.encode(),
+            record,
+        )
+
+    records = [b'{"id":"%d","n":[1,2]}' % n for n in range(6)]
+    path = tmp_path / "entries.jsonl"
+    text = b"".join(line(n, records[n]) for n in range(3)) + b"garbage\n"
+    text += b"".join(line(n, records[n]) for n in range(4, 6))
+    path.write_bytes(text[:-1])  # no newline after the last line
+    errors: list[tuple[str, str]] = []
+    joined = _Joined(path, lambda log: 0, lambda where, why: errors.append((where, why)))
+    assert not joined.match_lines(line(0, records[0]) + line(1, records[2]), 2)
+    assert joined.match_lines(line(0, records[0]) + line(1, records[1]), 2)
+    assert joined.match((0, 2), line(2, records[2]), records[2])
+    assert not joined.match((0, 4), line(4, records[4]), records[4])  # garbage first
+    taken = joined.take((0, 4))
+    assert errors == [("entries.jsonl:4", "not an {index, log, queued, record} line")]
+    assert taken is not None
+    assert (taken.key, taken.record, taken.line_no) == ((0, 4), records[4], 5)
+    assert not joined.match_lines(line(5, records[5]), 1)  # the file ends without a newline
+    assert not joined.match((0, 5), line(5, records[5]), records[5])
+    last = joined.take((0, 5))  # parsed: the caller compares what it records
+    assert last is not None
+    assert (last.record, last.line_no) == (records[5], 6)
+    assert list(joined.rest()) == []
+    assert _plain_json(LOG) == b'"' + LOG.encode() + b'"'
+    assert _plain_json('a"b') is None
+    assert _plain_json("a\\b") is None
+    assert _plain_json("a\nb") is None
