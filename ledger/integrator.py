@@ -33,7 +33,14 @@ from sqlalchemy.engine import Connection
 from ledger import merkle
 from ledger.db import Database
 from ledger.errors import LedgerError
-from ledger.journal import GENESIS_PREV, LOG_START, Leaf, build_leaf, entry_record_from_rows
+from ledger.journal import (
+    GENESIS_PREV,
+    LOG_START,
+    Leaf,
+    build_leaf,
+    entry_record_from_rows,
+    timestamp_memo,
+)
 from ledger.logstore import SqlLogStore
 from ledger.note import Checkpoint, NoteSigner
 from ledger.repository import SqlLedgerStore
@@ -121,8 +128,10 @@ class Integrator:
         # Straight from the rows: rebuilding and re-validating Entry objects cost more than the
         # leaves themselves, and the record is the same (tests/integration/test_journal.py).
         entries = SqlLedgerStore(conn).load_entry_rows([entry_id for _, entry_id in queued])
+        stamp = timestamp_memo()
         records: list[tuple[str, dict, UUID | None]] = [
-            (rows.entry.kind, entry_record_from_rows(rows), rows.entry.id) for rows in entries
+            (rows.entry.kind, entry_record_from_rows(rows, stamp), rows.entry.id)
+            for rows in entries
         ]
         others: list[tuple[RecordQueue, list[QueuedRecord]]] = []
         room = self.batch_size - len(records)

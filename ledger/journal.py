@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -88,19 +89,41 @@ def entry_record(entry: Entry) -> dict[str, Any]:
     }
 
 
-def entry_record_from_rows(rows: EntryRows) -> dict[str, Any]:
+def timestamp_memo() -> Callable[[datetime], str]:
+    """:func:`format_timestamp` remembering what it wrote, for one batch of records.
+
+    The spelling is a function of the instant alone, and equal aware datetimes are the same
+    instant, so a remembered spelling is the spelling (a naive datetime never equals an aware
+    one, and is refused as always). A batch's entries share a few instants: its day's business
+    time, booking time, lot expiry.
+    """
+    memo: dict[datetime, str] = {}
+
+    def stamp(moment: datetime) -> str:
+        text = memo.get(moment)
+        if text is None:
+            text = memo[moment] = format_timestamp(moment)
+        return text
+
+    return stamp
+
+
+def entry_record_from_rows(
+    rows: EntryRows, stamp: Callable[[datetime], str] = format_timestamp
+) -> dict[str, Any]:
     """:func:`entry_record` of a stored entry, straight from its rows.
 
     The same dictionary as ``entry_record(store.load_entries([id])[0])``, key for key and in the
     same order of lists, without building and re-validating the :class:`Entry` first (it was
-    validated when booked); the integrator turns every entry into a leaf this way.
+    validated when booked); the integrator turns every entry into a leaf this way. ``stamp``
+    spells the times (:func:`timestamp_memo` for a batch).
     """
     row = rows.entry
     return {
         "id": format_uuid(row.id),
         "kind": row.kind,
-        "business_time": format_timestamp(row.business_time),
-        "booked_at": format_timestamp(row.booked_at),
+        "business_time": stamp(row.business_time),
+        "booked_at": stamp(row.booked_at),
         "partner": row.partner,
         "credential": row.credential,
         "idempotency_key": row.idempotency_key,
@@ -113,9 +136,9 @@ def entry_record_from_rows(rows: EntryRows) -> dict[str, Any]:
                 "member": lot.member,
                 "funder": lot.funder,
                 "amount": lot.amount,
-                "earned_at": format_timestamp(lot.earned_at),
-                "expires_at": format_timestamp(lot.expires_at) if lot.expires_at else None,
-                "pending_until": format_timestamp(lot.pending_until) if lot.pending_until else None,
+                "earned_at": stamp(lot.earned_at),
+                "expires_at": stamp(lot.expires_at) if lot.expires_at else None,
+                "pending_until": stamp(lot.pending_until) if lot.pending_until else None,
                 "price_version": lot.price_version,
             }
             for lot in rows.lots

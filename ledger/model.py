@@ -76,6 +76,12 @@ _OWNER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 PROGRAM = "program"
 
 
+#: Accounts already read from their codes (an Account is immutable, so one object serves every
+#: reader): a booking parses each code of its postings several times. Bounded: cleared when full.
+_PARSED: dict[str, Account] = {}
+_PARSED_MAX = 100_000
+
+
 @dataclass(frozen=True, slots=True)
 class Account:
     """A ledger account, named by a code that spells out its kind and owner."""
@@ -98,6 +104,18 @@ class Account:
     @classmethod
     def parse(cls, code: str) -> Account:
         """Read an account from its code, refusing anything outside the chart of accounts."""
+        if isinstance(code, str):
+            known = _PARSED.get(code)
+            if known is not None:
+                return known
+        account = cls._parse(code)
+        if len(_PARSED) >= _PARSED_MAX:
+            _PARSED.clear()
+        _PARSED[code] = account
+        return account
+
+    @classmethod
+    def _parse(cls, code: str) -> Account:
         parts = code.split(":") if isinstance(code, str) else []
         if len(parts) == 3 and parts[0] in ("member", "partner"):
             scope, owner, role = parts

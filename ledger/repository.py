@@ -26,6 +26,9 @@ from ledger import tables as t
 from ledger.errors import BusinessRefusal, UnknownAccount, UnknownEntry
 from ledger.model import Account, Entry, EntryKind, Lot, LotMove, Posting
 
+#: ``0`` written into the SQL, as the lots' partial indexes spell it (see ledger.tables).
+_ZERO = sa.literal_column("0")
+
 
 @dataclass(frozen=True, slots=True)
 class LotState:
@@ -236,26 +239,21 @@ class SqlLedgerStore:
     # -- what the jobs have to do --------------------------------------------------------------
 
     def members_with_due_releases(self, now: datetime, limit: int) -> list[str]:
-        query = (
-            sa.select(t.lots.c.member)
-            .distinct()
-            .where(
-                t.lots.c.pending.is_(True), t.lots.c.remaining > 0, t.lots.c.pending_until <= now
-            )
-            .order_by(t.lots.c.member)
-            .limit(limit)
+        # The terms of the partial index ix_lots_due_release, literally (a bound 0 would hide
+        # it from SQLite), and no DISTINCT/ORDER BY in SQL: SQLite would rather walk the whole
+        # table in member order than sort the few due lots.
+        lots = t.lots.c
+        query = sa.select(lots.member).where(
+            lots.pending.is_(True), lots.remaining > _ZERO, lots.pending_until <= now
         )
-        return list(self.conn.scalars(query))
+        return sorted(set(self.conn.scalars(query)))[:limit]
 
     def members_with_expired_lots(self, now: datetime, limit: int) -> list[str]:
-        query = (
-            sa.select(t.lots.c.member)
-            .distinct()
-            .where(t.lots.c.pending.is_(False), t.lots.c.remaining > 0, t.lots.c.expires_at <= now)
-            .order_by(t.lots.c.member)
-            .limit(limit)
+        lots = t.lots.c  # the terms of ix_lots_due_expiry, as above
+        query = sa.select(lots.member).where(
+            lots.pending.is_(False), lots.remaining > _ZERO, lots.expires_at <= now
         )
-        return list(self.conn.scalars(query))
+        return sorted(set(self.conn.scalars(query)))[:limit]
 
     def stale_holds(self, now: datetime, limit: int) -> list[UUID]:
         query = (
@@ -625,6 +623,8 @@ class BufferedStore:
         """Keys looked up and not recorded before the batch."""
         self._entries: list[Entry] = []
         self._entry_index: dict[UUID, Entry] = {}
+        self._stored: dict[UUID, Entry] = {}
+        """Entries read from the journal (immutable, so a read stays true): prefetched ones."""
         self._new_lots: dict[UUID, list[Any]] = {}
         self._new_holds: dict[UUID, dict[str, Any]] = {}
         self._closed_holds: dict[UUID, tuple[str, UUID]] = {}
@@ -641,12 +641,19 @@ class BufferedStore:
         keys: Iterable[tuple[str, str]] = (),
         holds: Iterable[UUID] = (),
         spenders: Iterable[str] = (),
+        entries: Iterable[UUID] = (),
     ) -> None:
         """Load (and lock) what a batch will touch in a few set-based queries.
 
         ``members``: their accounts' balances; ``spenders``: also every lot they hold (what a
-        debit consumes); ``holds``: the holds, their members' accounts and lots.
+        debit consumes); ``holds``: the holds, their members' accounts and lots; ``entries``:
+        journal entries the batch refers to (what a reversal reverses), read once for all.
         """
+        known = self._entry_index.keys() | self._stored.keys()
+        wanted = [i for i in dict.fromkeys(entries) if i not in known]
+        for start in range(0, len(wanted), 900):
+            for entry in self.inner.load_entries(wanted[start : start + 900]):
+                self._stored[entry.id] = entry
         hold_ids = [h for h in dict.fromkeys(holds) if h not in self._holds]
         if hold_ids:
             rows = self.conn.execute(sa.select(t.holds).where(t.holds.c.entry_id.in_(hold_ids)))
@@ -857,9 +864,10 @@ class BufferedStore:
         return found[0]
 
     def load_entries(self, ids: Sequence[UUID]) -> list[Entry]:
-        stored = {
-            e.id: e for e in self.inner.load_entries([i for i in ids if i not in self._entry_index])
-        }
+        known = self._stored
+        missing = [i for i in ids if i not in self._entry_index and i not in known]
+        stored = {e.id: e for e in self.inner.load_entries(missing)} if missing else {}
+        stored.update((i, known[i]) for i in ids if i in known)
         stored.update((i, self._entry_index[i]) for i in ids if i in self._entry_index)
         return [stored[i] for i in ids if i in stored]
 

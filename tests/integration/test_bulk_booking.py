@@ -37,7 +37,7 @@ from ledger import tables as t
 from ledger.consistency import check_consistency
 from ledger.db import Database
 from ledger.errors import BusinessRefusal, LedgerError
-from ledger.journal import entry_record, entry_record_from_rows
+from ledger.journal import entry_record, entry_record_from_rows, timestamp_memo
 from ledger.model import PROGRAM
 from ledger.repository import BufferedStore, SqlLedgerStore
 from ledger.service import Actor, Booking, Command, Ledger, Policy
@@ -320,9 +320,12 @@ def test_bulk_books_exactly_what_one_by_one_books(
         # The integrator's record of each entry, from its rows, is the record of the Entry.
         store = SqlLedgerStore(conn)
         queued = got["queue"]
-        assert [entry_record_from_rows(rows) for rows in store.load_entry_rows(queued)] == [
-            entry_record(entry) for entry in store.load_entries(queued)
-        ]
+        records = [entry_record(entry) for entry in store.load_entries(queued)]
+        assert [entry_record_from_rows(rows) for rows in store.load_entry_rows(queued)] == records
+        # ... and so it is with the times spelled once per batch, as the integrator does.
+        stamp = timestamp_memo()
+        rows = store.load_entry_rows(queued)
+        assert [entry_record_from_rows(r, stamp) for r in rows] == records
     assert bulk == alone
     assert got == expected
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
+import pytest
+import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from ledger.db import Database, current_revision, metadata, upgrade
+from ledger.repository import SqlLedgerStore
 
 
 def test_models_match_migrations(db: Database) -> None:
@@ -21,3 +26,36 @@ def test_upgrade_is_idempotent(db: Database) -> None:
     before = current_revision(db.engine)
     upgrade(db.engine)
     assert current_revision(db.engine) == before is not None
+
+
+def test_daily_job_searches_use_the_partial_lot_indexes(db: Database) -> None:
+    """The lots due for release or expiry are found by range scan (migration 0010), not by
+    reading the whole lots table (SQLite's plan; PostgreSQL chooses by its statistics)."""
+    if db.engine.dialect.name != "sqlite":
+        pytest.skip("the plan is checked on SQLite")
+    statements: list[tuple[str, object]] = []
+
+    def capture(*args: object) -> None:
+        # before_cursor_execute(conn, cursor, statement, parameters, context, executemany)
+        statements.append((str(args[2]), args[3]))
+
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    with db.engine.connect() as conn:
+        sa.event.listen(conn, "before_cursor_execute", capture)
+        store = SqlLedgerStore(conn)
+        assert store.members_with_due_releases(now, 10) == []
+        assert store.members_with_expired_lots(now, 10) == []
+        sa.event.remove(conn, "before_cursor_execute", capture)
+        plans = {
+            statement: " ".join(
+                str(row[-1])
+                for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters)
+            )
+            for statement, parameters in statements
+            if statement.startswith("SELECT")
+        }
+    assert len(plans) == 2
+    used = list(plans.values())
+    assert any("ix_lots_due_release" in plan for plan in used), plans
+    assert any("ix_lots_due_expiry" in plan for plan in used), plans
+    assert all(plan.startswith("SEARCH lots USING") for plan in used), plans

@@ -143,6 +143,85 @@ def test_a_refund_counts_against_the_purchase_it_reverses(world: World, alice: s
     assert world.findings() == []
 
 
+def _points_earned_in_two_queries(
+    conn: sa.Connection, at: datetime, members: list[str] | None
+) -> dict[str, int]:
+    """The window's points as tiers once summed them: credits, then reversals, separately."""
+    start = tiers.window_start(at)
+    p, e = lt.postings.c, lt.entries.c
+    original = lt.entries.alias("original")
+    if members is None:
+        on_member = p.account.like("member:%")
+    else:
+        on_member = p.account.in_(
+            [f"member:{m}:{role}" for m in members for role in ("available", "pending")]
+        )
+    credits = (
+        sa.select(p.account, sa.func.sum(p.amount))
+        .select_from(lt.postings.join(lt.entries, e.id == p.entry_id))
+        .where(
+            on_member,
+            e.kind.in_(("EARN", "ENGAGE")),
+            e.business_time > start,
+            e.business_time <= at,
+        )
+        .group_by(p.account)
+    )
+    reversals = (
+        sa.select(p.account, sa.func.sum(p.amount))
+        .select_from(
+            lt.postings.join(lt.entries, e.id == p.entry_id).join(
+                original, original.c.id == e.refers_to
+            )
+        )
+        .where(
+            on_member,
+            e.kind == EntryKind.EARN_REVERSAL.value,
+            e.business_time <= at,
+            original.c.business_time > start,
+            original.c.business_time <= at,
+        )
+        .group_by(p.account)
+    )
+    totals: dict[str, int] = {}
+    for query in (credits, reversals):
+        for account, amount in conn.execute(query):
+            owner = account.split(":")[1]
+            totals[owner] = totals.get(owner, 0) + int(amount)
+    return {member: max(0, points) for member, points in totals.items()}
+
+
+def test_the_one_pass_window_sum_equals_credits_plus_reversals(world: World) -> None:
+    """Summing credits and reversals in one pass gives what the two separate sums gave, for
+    windows that take in or leave out the earns, the refunds and the purchases they refund."""
+    members = [world.enroll() for _ in range(3)]
+    now = world.now
+    earns = []
+    for n, member in enumerate(members):
+        for months_ago in (14, 11, 6, 1):
+            at = now - timedelta(days=30 * months_ago + n)
+            earns.append(world.earn(member, 10_000 * (months_ago + n + 1), at=at))
+    # Refunds today of an earn outside the window, one inside it, and all of another.
+    for index, points in ((0, 30), (1, 50), (5, None), (9, 10)):
+        entry = earns[index].entry
+        assert entry is not None
+        world.refund(entry.id, points)
+    stranger = world.enroll()
+    moments = [
+        now,
+        now - timedelta(days=45),
+        now - timedelta(days=200),
+        now + timedelta(days=120),
+        now + timedelta(days=400),
+    ]
+    for at in moments:
+        for wanted in (members, [*members, stranger], members[:1], None):
+            got = world.call(tiers._points_earned, at, wanted)
+            assert got == world.call(_points_earned_in_two_queries, at, wanted), (at, wanted)
+    assert world.call(tiers._points_earned, now, members)[members[0]] > 0
+    assert world.findings() == []
+
+
 def test_tier_status_shows_the_progress_to_the_next_tier(world: World, alice: str) -> None:
     """Status gives the tier, the window's points, and what the next level still needs."""
     world.earn(alice, 120_000)
