@@ -37,6 +37,7 @@ from decimal import Decimal
 from typing import TypeAlias
 from uuid import UUID
 
+import orjson
 import rfc8785
 
 from ledger.errors import ProfileError
@@ -47,6 +48,7 @@ __all__ = [
     "JsonValue",
     "ProfileViolation",
     "canonical_bytes",
+    "canonical_loads",
     "format_decimal",
     "format_timestamp",
     "format_uuid",
@@ -177,6 +179,81 @@ def _fast_copy(value: object, depth: int, keys_ascii: list[bool]) -> JsonValue:
     if kind is list or kind is tuple:
         return [_fast_copy(item, depth + 1, keys_ascii) for item in value]  # type: ignore[attr-defined]
     raise _Outside
+
+
+# --- Reading canonical bytes fast --------------------------------------------------------------
+
+_SORTED_STRICT = orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER
+# A number token with a fraction or an exponent: after '":' (a member), ',' or '[' (an item). One
+# pattern per literal prefix, which the regex engine searches for far faster than a class.
+_FLOAT_MEMBER = re.compile(rb'":-?[0-9]++[.eE]').search
+_FLOAT_ITEM = re.compile(rb",-?[0-9]++[.eE]").search
+_FLOAT_FIRST = re.compile(rb"\[-?[0-9]++[.eE]").search
+
+
+# A string holding a byte beyond ASCII that is an object key: from that byte (never part of an
+# escape) to the string's closing quote, then ':'.
+_WIDE_KEY = re.compile(rb'[\x80-\xff](?:[^"\\]++|\\.)*+":').search
+
+
+def canonical_loads(data: bytes) -> JsonValue | None:
+    """The object or array ``data`` holds when a quick test proves the bytes are its canonical
+    bytes; else None (also for a bare scalar, which leaves and requests never are).
+
+    None decides nothing: the caller then takes the exact path (``json.loads`` and
+    :func:`canonical_bytes`), which also says what is wrong. The quick test parses with a compiled
+    codec (orjson, which refuses bytes that are not UTF-8) and re-serialises with sorted keys,
+    integers refused beyond ±(2^53 − 1). orjson writes every string as RFC 8785 does (raw UTF-8;
+    ``\\"``, ``\\\\``, ``\\b``, ``\\t``, ``\\n``, ``\\f``, ``\\r`` and ``\\u00xx`` for the other C0
+    controls — tests/unit/test_canonical.py compares the two on every code point), so the round
+    trip gives back the same bytes exactly when they are the RFC 8785 bytes of a profile value,
+    provided that
+
+    - every object key is ASCII, so that sorting by code point (orjson) and by UTF-16 unit
+      (RFC 8785) agree — a key beyond ASCII is left to the exact path;
+    - the text is in Normalization Form C (ASCII text always is). Checked on the whole document:
+      the quotes, and the ASCII characters an escape stands for, never compose with a neighbour,
+      so each string of an NFC document is NFC (a false "no" only sends the bytes the exact way);
+    - no number has a fraction or an exponent (orjson would round-trip ``1.5`` unchanged):
+      ``_FLOAT_*`` find any such number token, since in a compact JSON object or array a number
+      follows ``":``, ``,`` or ``[`` (a match inside a string only sends the bytes the exact way);
+    - nothing nests deeper than :data:`MAX_DEPTH`, as :func:`canonical_bytes` holds it.
+
+    The value returned equals ``json.loads(data)``.
+    """
+    if data[:1] not in (b"{", b"["):
+        return None
+    if _FLOAT_MEMBER(data) or _FLOAT_ITEM(data) or _FLOAT_FIRST(data):
+        return None
+    try:
+        value = orjson.loads(data)
+        if orjson.dumps(value, option=_SORTED_STRICT) != data:
+            return None
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError):
+        return None
+    if not data.isascii():
+        if _WIDE_KEY(data):
+            return None
+        try:
+            if not unicodedata.is_normalized("NFC", data.decode("utf-8")):
+                return None
+        except UnicodeDecodeError:
+            return None
+    if data.count(b"{") + data.count(b"[") > MAX_DEPTH and not _within_depth(value, 0):
+        return None
+    return value
+
+
+def _within_depth(value: object, depth: int) -> bool:
+    """No value nests deeper than the profile allows (asked only when the bytes hold more than
+    MAX_DEPTH brackets: with fewer, none can)."""
+    if depth > MAX_DEPTH:
+        return False
+    if type(value) is dict:
+        return all(_within_depth(item, depth + 1) for item in value.values())
+    if type(value) is list:
+        return all(_within_depth(item, depth + 1) for item in value)
+    return True
 
 
 def profile_violations(value: object) -> list[ProfileViolation]:

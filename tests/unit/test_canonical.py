@@ -6,6 +6,7 @@ import enum
 import hashlib
 import json
 import math
+import re
 import struct
 import unicodedata
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
+import orjson
 import pytest
 import rfc8785
 from hypothesis import given, settings
@@ -22,6 +24,7 @@ from hypothesis import strategies as st
 from ledger.canonical import (
     MAX_SAFE_INTEGER,
     canonical_bytes,
+    canonical_loads,
     format_decimal,
     format_timestamp,
     format_uuid,
@@ -456,3 +459,118 @@ def test_fast_path_still_refuses_what_the_profile_refuses() -> None:
     message = str(caught.value)
     for path in ("$.a[1]", "$.b.c", "$.d", "$.e"):
         assert path in message
+
+
+# --- canonical_loads: the quick proof that bytes are canonical ----------------------------------
+
+# Text a quick check could be fooled by: decomposed letters (not NFC), U+2028, a lone surrogate,
+# astral and non-ASCII letters, characters needing an escape.
+ODD_TEXT = st.lists(
+    st.sampled_from(["e\u0301", "A\u030a", "\u2028", "\ud800", "é", "😀", '"', "\\", "\x01"])
+    | st.characters(max_codepoint=0x2FF),
+    max_size=6,
+).map("".join)
+ODD_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**64), max_value=2**64)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | ODD_TEXT,
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(ODD_TEXT, children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def _spellings(value: object) -> Iterator[bytes]:
+    """The value written several ways, canonical or not (surrogates kept as raw bytes)."""
+    for ascii_only in (False, True):
+        for sort in (True, False):
+            text = json.dumps(value, ensure_ascii=ascii_only, sort_keys=sort, separators=(",", ":"))
+            yield text.encode("utf-8", "surrogatepass")
+
+
+@given(ODD_VALUES)
+@settings(max_examples=500)
+def test_canonical_loads_only_accepts_canonical_bytes(value: object) -> None:
+    """Whenever canonical_loads returns a value, the bytes are exactly the canonical bytes of
+    what json.loads reads from them, and the value is that."""
+    for data in _spellings(value):
+        loaded = canonical_loads(data)
+        if loaded is not None:
+            parsed = json.loads(data)
+            assert loaded == parsed
+            assert canonical_bytes(parsed) == data
+
+
+@given(_values(ASCII_KEYS))
+@settings(max_examples=300)
+def test_canonical_loads_proves_common_canonical_bytes(value: object) -> None:
+    """Canonical bytes without text that looks like a number with a fraction come back as their
+    value: the quick path is taken, and gives the right value."""
+    data = canonical_bytes({"v": value})
+    loaded = canonical_loads(data)
+    assert loaded in (None, {"v": value})
+    if not re.search(rb"[:,[]-?[0-9]+[.eE]", data):
+        assert loaded == {"v": value}
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"a":1.5}',
+        b'{"a":[1.0]}',
+        b'{"a":[1,2E5]}',
+        b'{"a":-0}',
+        b'{"a":9007199254740992}',
+        b'{"a":18446744073709551616}',
+        b'{"a":1e2}',
+        b'{"a":NaN}',
+        b'{"a":' + b"[" * 65 + b"]" * 65 + b"}",
+        b'{"a":{"b":1,"b":2}}',
+        b'{"a":"\\u00e9"}',
+        b'{"a":"\\/"}',
+        b'{"a":"\\u000a"}',
+        b'{"a":"\\u001F"}',
+        b'{"a":"\\ud800"}',
+        '{"a":"e\u0301"}'.encode(),
+        '{"a":"x\\ne\u0301"}'.encode(),
+        '{"é":1}'.encode(),
+        '{"a":"é","é\\"x":1}'.encode(),
+        '{"\U0001f600":1,"\uffff":2}'.encode(),
+        b'{"a":"\xed\xa0\x80"}',
+        b'{"a":"\xff"}',
+        b'{"b":1,"a":2}',
+        b'{"a": 1}',
+    ],
+)
+def test_canonical_loads_leaves_doubtful_bytes_to_the_exact_path(data: bytes) -> None:
+    """Floats that print back the same, integers past 2^53, negative zero, deep nesting,
+    duplicate keys, escapes, decomposed text, non-ASCII keys, bad UTF-8, unsorted or spaced."""
+    assert canonical_loads(data) is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"a": "71 pts = (5.00 € + 33.00 € fresh ×2)"},
+        {"a": ["\u2028", "😀", "Å"], "b": MAX_SAFE_INTEGER, "c": -MAX_SAFE_INTEGER},
+        {"a": [[[[[]]]]] * 20},
+        {"a": 'line\n"quoted" \\ €\x1f\x7f', 'b\n"': "é\t"},
+    ],
+)
+def test_canonical_loads_reads_canonical_text_beyond_ascii(value: object) -> None:
+    """NFC text beyond ASCII, extreme integers, many brackets that do not nest deep."""
+    assert canonical_loads(canonical_bytes(value)) == value
+
+
+def test_the_codec_writes_every_character_as_rfc8785_does() -> None:
+    """orjson and the reference serialiser spell each code point alike (raw, or the same escape):
+    what lets canonical_loads accept escaped text on a byte comparison."""
+    differ = [
+        code
+        for code in range(0x110000)
+        if not 0xD800 <= code <= 0xDFFF and orjson.dumps(chr(code)) != rfc8785.dumps(chr(code))
+    ]
+    assert differ == []
