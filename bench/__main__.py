@@ -202,6 +202,8 @@ def ratio(figure: Figure) -> str:
 def goal(figure: Figure) -> str:
     if figure.goal is None:
         return ""
+    if figure.met is None:  # e.g. a quick run, smaller than the size the goal is set at
+        return f"{figure.goal}: not decided by this run"
     return f"{figure.goal}: {'met' if figure.met else 'not met'}"
 
 

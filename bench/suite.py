@@ -29,7 +29,8 @@ class Figure:
     goal: str | None = None
     """The issue's goal for this figure, in words, e.g. ``≤ 60 s``; None when there is none."""
     met: bool | None = None
-    """Whether the goal was met in this run; None when there is no goal."""
+    """Whether the goal was met in this run; None when there is no goal, or when this run cannot
+    decide it (a ``--quick`` run smaller than the size the goal is set at)."""
 
 
 class Incomplete(Exception):

@@ -80,3 +80,12 @@ def test_the_table_block_is_replaced_and_the_hand_written_sections_are_kept(
     assert "1,234" not in text
     assert "**other**: not available — no bench/other.py" in text
     assert text.endswith("## Hand-written\n\nkeep me\n")
+
+
+def test_a_goal_the_run_cannot_decide_is_not_reported_as_missed() -> None:
+    quick = Figure("fake", "close, 500 entries", 1.0, "s", "join", 1.5, "≤ 60 s at 10M", None)
+    met = Figure("fake", "close, 10M entries", 20.0, "s", "join", 1.2, "≤ 60 s at 10M", True)
+    missed = Figure("fake", "close, 10M entries", 90.0, "s", "join", 5.0, "≤ 60 s at 10M", False)
+    assert suite.goal(quick) == "≤ 60 s at 10M: not decided by this run"
+    assert suite.goal(met) == "≤ 60 s at 10M: met"
+    assert suite.goal(missed) == "≤ 60 s at 10M: not met"
