@@ -71,37 +71,6 @@ RESULTS = Path(__file__).with_name("RESULTS.md")
 # -- databases ----------------------------------------------------------------------------------
 
 
-class Server:
-    """The PostgreSQL server the benchmark owns databases on; drops every one it created."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.prefix = f"bench_journal_{uuid.uuid4().hex[:10]}"
-        self.admin = create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
-        self.created: list[str] = []
-
-    def url_of(self, name: str) -> str:
-        return sa.make_url(self.url).set(database=name).render_as_string(hide_password=False)
-
-    def create(self, suffix: str, template: str | None = None) -> str:
-        name = f"{self.prefix}_{suffix}"
-        clause = f' TEMPLATE "{template}"' if template else ""
-        with self.admin.connect() as conn:
-            conn.exec_driver_sql(f'CREATE DATABASE "{name}"{clause}')
-        self.created.append(name)
-        return name
-
-    def drop(self, name: str) -> None:
-        with self.admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        self.created.remove(name)
-
-    def drop_all(self) -> None:
-        for name in list(reversed(self.created)):
-            self.drop(name)
-        self.admin.dispose()
-
-
 @contextmanager
 def database(url: str, **kwargs: object) -> Iterator[Database]:
     db = Database.connect(url, **kwargs)
@@ -412,7 +381,7 @@ def measure_all(url: str, quick: bool, profile: bool) -> Measured:
     entries = 5_000 if quick else 20_000
     writes_per_writer = 40 if quick else 250
     processes = max(2, (os.cpu_count() or 2) + 1)
-    server, signer = Server(url), NoteSigner.generate(ORIGIN)
+    server, signer = suite.Server(url, "journal"), NoteSigner.generate(ORIGIN)
     try:
         seed = server.create("seed")
         seed_url = server.url_of(seed)

@@ -49,7 +49,7 @@ from typing import Any
 import psycopg
 import sqlalchemy as sa
 
-from bench.suite import Figure, Incomplete
+from bench.suite import Figure, Incomplete, Server
 
 DEFAULT_URL = "postgresql://root@127.0.0.1:5432/test"
 MEMBERS = 64
@@ -375,40 +375,19 @@ class Result:
         self.first_failure = self.first_failure or window["first_failure"]
 
 
-class Server:
-    """Fresh databases beside ``url``'s, each dropped at the end."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.prefix = f"bench_peers_{uuid.uuid4().hex[:10]}"
-        self.created: list[str] = []
-
-    def create(self, suffix: str) -> str:
-        name = f"{self.prefix}_{suffix}"
-        with psycopg.connect(self.url, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        self.created.append(name)
-        return sa.make_url(self.url).set(database=name).render_as_string(hide_password=False)
-
-    def drop_all(self) -> None:
-        with psycopg.connect(self.url, autocommit=True) as conn:
-            for name in self.created:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        self.created.clear()
-
-
 def compare(url: str, clients: int, seconds: float, rounds: int,
             kinds: tuple[str, ...] = KINDS) -> dict[str, Result]:
     """Start every implementation, then time them in rotated rounds; results by kind."""
     context = multiprocessing.get_context("spawn")  # a clean interpreter: no inherited engines
-    server = Server(url)
+    server = Server(url, "peers")
     results = {kind: Result(kind) for kind in kinds}
     children: dict[str, tuple[Any, Connection]] = {}
     try:
         for kind in kinds:
             ours, theirs = context.Pipe()
+            database = server.url_of(server.create(kind))
             process = context.Process(
-                target=child, args=(kind, server.create(kind), clients, theirs), daemon=True
+                target=child, args=(kind, database, clients, theirs), daemon=True
             )
             process.start()
             theirs.close()

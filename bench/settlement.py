@@ -53,7 +53,6 @@ import platform
 import random
 import subprocess
 import time
-import uuid
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -66,7 +65,7 @@ from uuid import UUID
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from bench.suite import Figure
+from bench.suite import Figure, Server
 from ledger import merkle
 from ledger import tables as lt
 from ledger.canonical import format_timestamp
@@ -895,38 +894,6 @@ class _Clock:
 # -- measuring -------------------------------------------------------------------------------------
 
 
-class Server:
-    """The PostgreSQL server the benchmark owns databases on; drops every one it created."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.prefix = f"bench_settle_{uuid.uuid4().hex[:10]}"
-        self.admin = create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
-        self.created: list[str] = []
-
-    def url_of(self, name: str) -> str:
-        return sa.make_url(self.url).set(database=name).render_as_string(hide_password=False)
-
-    def create(self, suffix: str, template: str | None = None) -> str:
-        name = f"{self.prefix}_{suffix}"
-        # FILE_COPY: a clone of a 10 GB month by file copy, not by writing it all to the WAL.
-        clause = f' TEMPLATE "{template}" STRATEGY FILE_COPY' if template else ""
-        with self.admin.connect() as conn:
-            conn.exec_driver_sql(f'CREATE DATABASE "{name}"{clause}')
-        self.created.append(name)
-        return name
-
-    def drop(self, name: str) -> None:
-        with self.admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        self.created.remove(name)
-
-    def drop_all(self) -> None:
-        for name in list(reversed(self.created)):
-            self.drop(name)
-        self.admin.dispose()
-
-
 @contextmanager
 def database(url: str) -> Iterator[Database]:
     db = Database.connect(url, poolclass=sa.pool.NullPool)
@@ -1098,7 +1065,7 @@ def measure(
     Each timed round runs on a fresh ``CREATE DATABASE … TEMPLATE`` clone of the month.
     ``keep`` leaves the generated database in place (its name is printed) for ``seed`` later.
     """
-    server, signer = Server(url), NoteSigner.generate(ORIGIN)
+    server, signer = Server(url, "settle", file_copy=True), NoteSigner.generate(ORIGIN)
     loaded = None
     try:
         if seed is None:
