@@ -33,11 +33,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 from uuid import UUID, uuid4
 
 import sqlalchemy as sa
@@ -73,6 +73,8 @@ from partners.rules import (
     quote_engagement,
 )
 from partners.tiers import TierChange
+
+_R = TypeVar("_R")
 
 #: ``program_settings`` names of the abuse controls.
 VELOCITY_SETTING = "velocity_caps"
@@ -646,9 +648,9 @@ def _one_purchase(
     conn: Connection, purchase: Purchase, now: datetime, ledger: Ledger | None
 ) -> EarnResult | LedgerError:
     """One purchase in a savepoint, with :meth:`Database.transaction`'s rules."""
-    savepoint = conn.begin_nested()
-    try:
-        result = earn_purchase(
+    return _in_savepoint(
+        conn,
+        lambda: earn_purchase(
             conn,
             purchase.actor,
             purchase.key,
@@ -657,7 +659,19 @@ def _one_purchase(
             business_time=purchase.business_time,
             now=now,
             ledger=ledger,
-        )
+        ),
+    )
+
+
+def _in_savepoint(conn: Connection, call: Callable[[], _R]) -> _R | LedgerError:
+    """``call()`` in a savepoint, with :meth:`Database.transaction`'s rules.
+
+    A business refusal keeps what it wrote (its idempotency record) and is returned; any other
+    ledger error undoes the savepoint and is returned; the caller's transaction goes on.
+    """
+    savepoint = conn.begin_nested()
+    try:
+        result = call()
     except BusinessRefusal as refusal:
         savepoint.commit()
         return refusal
@@ -1193,9 +1207,9 @@ def _one_engagement(
     conn: Connection, ev: Engagement, now: datetime, ledger: Ledger | None
 ) -> EngageResult | LedgerError:
     """One event in a savepoint, with :meth:`Database.transaction`'s rules."""
-    savepoint = conn.begin_nested()
-    try:
-        result = engage(
+    return _in_savepoint(
+        conn,
+        lambda: engage(
             conn,
             ev.actor,
             ev.key,
@@ -1205,15 +1219,8 @@ def _one_engagement(
             business_time=ev.business_time,
             now=now,
             ledger=ledger,
-        )
-    except BusinessRefusal as refusal:
-        savepoint.commit()
-        return refusal
-    except LedgerError as error:
-        savepoint.rollback()
-        return error
-    savepoint.commit()
-    return result
+        ),
+    )
 
 
 def refer(
