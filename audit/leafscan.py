@@ -16,7 +16,9 @@ character, needs no escape — provided no number has a fraction or an exponent,
 round-trip unchanged (``1.5``): ``_FLOAT_*`` find any such number token, since in compact JSON
 a number follows ``":``, ``,`` or ``[`` (a match inside a string only sends the bytes the slow
 way). Anything else takes the exact path (:func:`ledger.journal.parse_leaf`), slower but rare. A
-Hypothesis test holds the two paths to the same verdict.
+Hypothesis test holds the two paths to the same verdict. The leaf-by-leaf code uses the general
+form of this check, :func:`ledger.canonical.canonical_loads`, which also admits NFC text beyond
+ASCII.
 
 The scan is one loop (:func:`_scan_fast`) that makes every check inline for a leaf that passes
 them all, and hands any other leaf to the leaf-by-leaf code (:func:`_scan_line`), which names
@@ -39,7 +41,7 @@ from typing import Any
 import orjson
 
 from audit.tally import BUCKETS, fold_many
-from ledger.canonical import MAX_DEPTH, parse_timestamp
+from ledger.canonical import MAX_DEPTH, canonical_loads, parse_timestamp
 from ledger.consistency import Finding
 from ledger.errors import LedgerError, ProfileError
 from ledger.journal import AUDIT, ENVELOPE_VERSION, LOG_START, parse_leaf
@@ -588,37 +590,12 @@ def leaf_bytes(line: bytes) -> tuple[bytes, tuple[str, int] | None]:
 
 def leaf_envelope(data: bytes, timestamps: dict[str, bool] | None = None) -> dict[str, Any]:
     """The envelope of canonical leaf bytes, or :class:`ProfileError` saying why they are not."""
-    envelope = None
-    if (
-        data.isascii()
-        and b"\\" not in data
-        and not (_FLOAT_MEMBER(data) or _FLOAT_ITEM(data) or _FLOAT_FIRST(data))
-    ):
-        try:
-            envelope = orjson.loads(data)
-            if not (type(envelope) is dict and orjson.dumps(envelope, option=_SORTED) == data):
-                envelope = None
-        except (orjson.JSONDecodeError, orjson.JSONEncodeError):
-            envelope = None
-        if envelope is not None and data.count(b"{") + data.count(b"[") > MAX_DEPTH:
-            envelope = envelope if _within_depth(envelope, 0) else None
-    if envelope is None:
+    envelope = canonical_loads(data)
+    if type(envelope) is not dict:
         parse_leaf(data)  # the exact path: raises ProfileError with the reason
         envelope = json.loads(data)
     _check_envelope(envelope, timestamps if timestamps is not None else {})
     return envelope
-
-
-def _within_depth(value: Any, depth: int) -> bool:
-    """No value nests deeper than the profile allows (with at most MAX_DEPTH brackets in all,
-    none can: the caller only asks when there are more)."""
-    if depth > MAX_DEPTH:
-        return False
-    if type(value) is dict:
-        return all(_within_depth(item, depth + 1) for item in value.values())
-    if type(value) is list:
-        return all(_within_depth(item, depth + 1) for item in value)
-    return True
 
 
 def _check_envelope(envelope: dict[str, Any], timestamps: dict[str, bool]) -> None:
