@@ -111,6 +111,10 @@ class BusinessRefusal(LedgerError):
     def fields(self) -> dict[str, Any]:
         return dict(self.details)
 
+    def to_record(self) -> dict[str, Any]:
+        """What the idempotency record keeps of this refusal; :meth:`from_record` rebuilds it."""
+        return {"code": self.code, "message": self.message, "fields": self.fields()}
+
     @classmethod
     def from_record(cls, code: str, message: str, details: Mapping[str, Any]) -> BusinessRefusal:
         """Rebuild a recorded refusal so a retry raises the same error class."""

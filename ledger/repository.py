@@ -13,7 +13,7 @@ deadlock. SQLite serialises writers with ``BEGIN IMMEDIATE`` instead.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -297,14 +297,7 @@ class SqlLedgerStore:
         self.conn.execute(
             t.idempotency.update()
             .where(t.idempotency.c.credential == credential, t.idempotency.c.key == key)
-            .values(
-                entry_id=None,
-                refusal={
-                    "code": refusal.code,
-                    "message": refusal.message,
-                    "fields": refusal.fields(),
-                },
-            )
+            .values(entry_id=None, refusal=refusal.to_record())
         )
 
     # -- the journal ----------------------------------------------------------------------------
@@ -317,61 +310,24 @@ class SqlLedgerStore:
 
     def load_entries(self, ids: Sequence[UUID]) -> list[Entry]:
         """Entries by id, in the order asked, in five set-based queries whatever their number."""
-        if not ids:
-            return []
-        rows = {
-            r.id: r for r in self.conn.execute(sa.select(t.entries).where(t.entries.c.id.in_(ids)))
-        }
-        postings = _group(
-            self.conn.execute(
-                sa.select(t.postings.c.entry_id, t.postings.c.account, t.postings.c.amount)
-                .where(t.postings.c.entry_id.in_(ids))
-                .order_by(t.postings.c.entry_id, t.postings.c.line)
-            ),
-            lambda r: Posting(r.account, r.amount),
-        )
-        opened = _group(
-            self.conn.execute(
-                sa.select(t.lots, t.lots.c.opened_by.label("entry_id"))
-                .where(t.lots.c.opened_by.in_(ids))
-                .order_by(t.lots.c.opened_by, t.lots.c.funder, t.lots.c.id)
-            ),
-            lambda r: _lot_state(r).lot,
-        )
-        moves = _group(
-            self.conn.execute(
-                sa.select(t.lot_moves)
-                .where(t.lot_moves.c.entry_id.in_(ids))
-                .order_by(t.lot_moves.c.entry_id, t.lot_moves.c.line)
-            ),
-            lambda r: LotMove(r.lot_id, r.delta),
-        )
-        released = _group(
-            self.conn.execute(
-                sa.select(t.lot_releases)
-                .where(t.lot_releases.c.entry_id.in_(ids))
-                .order_by(t.lot_releases.c.entry_id, t.lot_releases.c.lot_id)
-            ),
-            lambda r: r.lot_id,
-        )
         return [
             Entry(
-                id=row.id,
-                kind=EntryKind(row.kind),
-                postings=tuple(postings.get(row.id, ())),
-                business_time=row.business_time,
-                booked_at=row.booked_at,
-                partner=row.partner,
-                credential=row.credential,
-                idempotency_key=row.idempotency_key,
-                refers_to=row.refers_to,
-                reason=row.reason,
-                opened_lots=tuple(opened.get(row.id, ())),
-                lot_moves=tuple(moves.get(row.id, ())),
-                released_lots=tuple(released.get(row.id, ())),
-                attributes=row.attributes,
+                id=stored.entry.id,
+                kind=EntryKind(stored.entry.kind),
+                postings=tuple(Posting(r.account, r.amount) for r in stored.postings),
+                business_time=stored.entry.business_time,
+                booked_at=stored.entry.booked_at,
+                partner=stored.entry.partner,
+                credential=stored.entry.credential,
+                idempotency_key=stored.entry.idempotency_key,
+                refers_to=stored.entry.refers_to,
+                reason=stored.entry.reason,
+                opened_lots=tuple(_lot_state(r).lot for r in stored.lots),
+                lot_moves=tuple(LotMove(r.lot_id, r.delta) for r in stored.moves),
+                released_lots=tuple(stored.releases),
+                attributes=stored.entry.attributes,
             )
-            for row in (rows[i] for i in ids if i in rows)
+            for stored in self.load_entry_rows(ids)
         ]
 
     def load_entry_rows(self, ids: Sequence[UUID]) -> list[EntryRows]:
@@ -539,13 +495,6 @@ class SqlLedgerStore:
                 ),
                 [{"account": c, "shard": s, "balance": a} for c, s, a in updates],
             )
-
-
-def _group(rows: Iterable[Any], build: Callable[[Any], Any]) -> dict[UUID, list[Any]]:
-    grouped: dict[UUID, list[Any]] = {}
-    for row in rows:
-        grouped.setdefault(row.entry_id, []).append(build(row))
-    return grouped
 
 
 def _lot_state(row: Any) -> LotState:
@@ -851,11 +800,7 @@ class BufferedStore:
             self.inner.record_refusal(credential, key, refusal)
             return
         claim.entry_id = None
-        claim.refusal = {
-            "code": refusal.code,
-            "message": refusal.message,
-            "fields": refusal.fields(),
-        }
+        claim.refusal = refusal.to_record()
 
     def load_entry(self, entry_id: UUID) -> Entry:
         found = self.load_entries([entry_id])
