@@ -13,7 +13,7 @@ contain no escape, parsing and re-serialising with sorted keys (integers refused
 ±(2^53 − 1)) gives back the same bytes exactly when they are RFC 8785 within the profile — ASCII
 keys sort the same by code point and by UTF-16 unit, ASCII text is NFC and, holding no control
 character, needs no escape — provided no number has a fraction or an exponent, which orjson would
-round-trip unchanged (``1.5``): ``_FLOAT_*`` find any such number token, since in compact JSON
+round-trip unchanged (``1.5``): ``FLOAT_*`` find any such number token, since in compact JSON
 a number follows ``":``, ``,`` or ``[`` (a match inside a string only sends the bytes the slow
 way). Anything else takes the exact path (:func:`ledger.journal.parse_leaf`), slower but rare. A
 Hypothesis test holds the two paths to the same verdict. The leaf-by-leaf code uses the general
@@ -24,7 +24,7 @@ The scan is one loop (:func:`_scan_fast`) that makes every check inline for a le
 them all, and hands any other leaf to the leaf-by-leaf code (:func:`_scan_line`), which names
 what is wrong; tests/unit/test_leafscan.py holds the two to the same tuples, findings and
 tallies. For an entry whose every value is of a type the entry rules check, or text or null, the
-``_FLOAT_*`` search is skipped: no number with a fraction can be there.
+``canonical.FLOAT_*`` search is skipped: no number with a fraction can be there.
 """
 
 from __future__ import annotations
@@ -41,7 +41,15 @@ from typing import Any
 import orjson
 
 from audit.tally import BUCKETS, fold_many
-from ledger.canonical import MAX_DEPTH, canonical_loads, parse_timestamp
+from ledger.canonical import (
+    FLOAT_FIRST,
+    FLOAT_ITEM,
+    FLOAT_MEMBER,
+    MAX_DEPTH,
+    SORTED_STRICT,
+    canonical_loads,
+    parse_timestamp,
+)
 from ledger.consistency import Finding
 from ledger.errors import LedgerError, ProfileError
 from ledger.journal import AUDIT, ENVELOPE_VERSION, LOG_START, parse_leaf
@@ -49,12 +57,8 @@ from ledger.model import EntryKind
 
 ENTRY_KINDS = frozenset(kind.value for kind in EntryKind)
 _ENVELOPE_KEYS = frozenset({"v", "log", "index", "prev", "kind", "entry", "committed_at", "nonce"})
-_SORTED = orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER
 # A number token with a fraction or an exponent: after '":' (a member), ',' or '[' (an item). One
 # pattern per literal prefix, which the regex engine searches for far faster than a class.
-_FLOAT_MEMBER = re.compile(rb'":-?[0-9]++[.eE]').search
-_FLOAT_ITEM = re.compile(rb",-?[0-9]++[.eE]").search
-_FLOAT_FIRST = re.compile(rb"\[-?[0-9]++[.eE]").search
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -222,12 +226,12 @@ def _scan_fast(
     returned, for the caller to fill in when it does need them."""
     sha256, loads, dumps = hashlib.sha256, orjson.loads, orjson.dumps
     decode_error, encode_error = orjson.JSONDecodeError, orjson.JSONEncodeError
-    float_member, float_item, float_first = _FLOAT_MEMBER, _FLOAT_ITEM, _FLOAT_FIRST
+    float_member, float_item, float_first = FLOAT_MEMBER, FLOAT_ITEM, FLOAT_FIRST
     hex64, hex32, uuid_match = _HEX64.fullmatch, _HEX32.fullmatch, _UUID.fullmatch
     accounts_cache, parse_account = _ACCOUNTS, _account
     envelope_keys, entry_keys, posting_keys = _ENVELOPE_KEYS, _ENTRY_KEYS, _POSTING_KEYS
     lot_keys, move_keys, entry_kinds = _LOT_KEYS, _MOVE_KEYS, ENTRY_KINDS
-    sorted_option, max_depth, version = _SORTED, MAX_DEPTH, ENVELOPE_VERSION
+    sorted_option, max_depth, version = SORTED_STRICT, MAX_DEPTH, ENVELOPE_VERSION
     values = effects.values
     balance, cover, pending = values["balance"], values["cover"], values["pending"]
     state, terms = values["lot-state"], values["lot-terms"]

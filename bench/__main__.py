@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import bench
-from bench.suite import Figure, Incomplete
+from bench.suite import Figure, Incomplete, cpu_model
 
 DEFAULT_URL = "postgresql://root@127.0.0.1:5432/test"
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -139,17 +139,6 @@ def run_in_child(name: str, quick: bool, timeout: float) -> Outcome:
 
 
 # -- the machine ---------------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def nproc() -> int:

@@ -297,13 +297,7 @@ def latency(url: str, signer: NoteSigner, writes_per_writer: int) -> dict[str, l
 
 
 def machine(url: str) -> list[str]:
-    model = "unknown"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            names = (line.split(":", 1)[1].strip() for line in cpuinfo if "model name" in line)
-            model = next(names, model)
-    except OSError:
-        pass
+    model = suite.cpu_model()
     with psycopg.connect(url) as conn:
         version = conn.execute("SELECT version()").fetchone()
         settings = conn.execute(

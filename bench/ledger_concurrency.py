@@ -247,15 +247,7 @@ def scratch_database(url: str) -> Iterator[str]:
 
 def machine(url: str) -> list[str]:
     """What the figures were measured on."""
-    model = "unknown"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            names = (
-                line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")
-            )
-            model = next(names, model)
-    except OSError:
-        pass
+    model = suite.cpu_model()
     with psycopg.connect(url) as conn:
         version = conn.execute("SHOW server_version").fetchone()
         settings = conn.execute(

@@ -65,7 +65,7 @@ from uuid import UUID
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from bench.suite import Figure, Server
+from bench.suite import Figure, Server, cpu_model
 from ledger import merkle
 from ledger import tables as lt
 from ledger.canonical import format_timestamp
@@ -1015,13 +1015,7 @@ def copy_baseline(url: str, rows: int) -> tuple[int, float]:
 
 
 def machine(url: str) -> list[str]:
-    model = "unknown"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            names = (line.split(":", 1)[1].strip() for line in cpuinfo if "model name" in line)
-            model = next(names, model)
-    except OSError:
-        pass
+    model = cpu_model()
     with database(url) as db, db.engine.connect() as conn:
         version = str(conn.scalar(sa.text("SELECT version()")) or "?").split(" on ")[0]
         settings = [

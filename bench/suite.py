@@ -8,6 +8,7 @@ a faster machine stay comparable.
 
 from __future__ import annotations
 
+import platform
 import uuid
 from dataclasses import dataclass
 
@@ -84,3 +85,15 @@ class Server:
         for name in list(reversed(self.created)):
             self.drop(name)
         self.admin.dispose()
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), for the machine line of a result."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"

@@ -47,7 +47,7 @@ from typing import Any
 import orjson
 
 from audit.bundle import FILES, FORMAT, TRUST_POLICY, verify_bundle
-from bench.suite import Figure
+from bench.suite import Figure, cpu_model
 from ledger import merkle
 from ledger.canonical import format_timestamp, parse_timestamp
 from ledger.journal import build_leaf
@@ -424,13 +424,7 @@ def codec_baseline(path: Path) -> float:
 
 
 def machine() -> list[str]:
-    model = "unknown"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            names = (line.split(":", 1)[1].strip() for line in cpuinfo if "model name" in line)
-            model = next(names, model)
-    except OSError:
-        pass
+    model = cpu_model()
     date = subprocess.run(["date", "-u"], capture_output=True, text=True, check=False).stdout
     loads = " ".join(f"{load:.2f}" for load in os.getloadavg())
     return [

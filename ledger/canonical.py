@@ -183,12 +183,14 @@ def _fast_copy(value: object, depth: int, keys_ascii: list[bool]) -> JsonValue:
 
 # --- Reading canonical bytes fast --------------------------------------------------------------
 
-_SORTED_STRICT = orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER
+#: orjson options of the round trip: sorted keys, integers refused beyond ±(2^53 − 1).
+SORTED_STRICT = orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER
 # A number token with a fraction or an exponent: after '":' (a member), ',' or '[' (an item). One
-# pattern per literal prefix, which the regex engine searches for far faster than a class.
-_FLOAT_MEMBER = re.compile(rb'":-?[0-9]++[.eE]').search
-_FLOAT_ITEM = re.compile(rb",-?[0-9]++[.eE]").search
-_FLOAT_FIRST = re.compile(rb"\[-?[0-9]++[.eE]").search
+# pattern per literal prefix, which the regex engine searches for far faster than a class; public
+# so that the bundle scan's inlined loop (audit.leafscan) searches with the very same patterns.
+FLOAT_MEMBER = re.compile(rb'":-?[0-9]++[.eE]').search
+FLOAT_ITEM = re.compile(rb",-?[0-9]++[.eE]").search
+FLOAT_FIRST = re.compile(rb"\[-?[0-9]++[.eE]").search
 
 
 # A string holding a byte beyond ASCII that is an object key: from that byte (never part of an
@@ -215,7 +217,7 @@ def canonical_loads(data: bytes) -> JsonValue | None:
       the quotes, and the ASCII characters an escape stands for, never compose with a neighbour,
       so each string of an NFC document is NFC (a false "no" only sends the bytes the exact way);
     - no number has a fraction or an exponent (orjson would round-trip ``1.5`` unchanged):
-      ``_FLOAT_*`` find any such number token, since in a compact JSON object or array a number
+      ``FLOAT_*`` find any such number token, since in a compact JSON object or array a number
       follows ``":``, ``,`` or ``[`` (a match inside a string only sends the bytes the exact way);
     - nothing nests deeper than :data:`MAX_DEPTH`, as :func:`canonical_bytes` holds it.
 
@@ -223,11 +225,11 @@ def canonical_loads(data: bytes) -> JsonValue | None:
     """
     if data[:1] not in (b"{", b"["):
         return None
-    if _FLOAT_MEMBER(data) or _FLOAT_ITEM(data) or _FLOAT_FIRST(data):
+    if FLOAT_MEMBER(data) or FLOAT_ITEM(data) or FLOAT_FIRST(data):
         return None
     try:
         value = orjson.loads(data)
-        if orjson.dumps(value, option=_SORTED_STRICT) != data:
+        if orjson.dumps(value, option=SORTED_STRICT) != data:
             return None
     except (orjson.JSONDecodeError, orjson.JSONEncodeError):
         return None
