@@ -328,9 +328,10 @@ def _expected_version(conn: Connection, code: str) -> int | None:
     tags = request.if_match
     if tags.star_tag:
         return None
-    # isascii: str.isdigit() also accepts digits int() refuses, such as a superscript "¹".
+    # isascii: str.isdigit() also accepts digits int() refuses, such as a superscript "¹". An
+    # empty tag (If-Match: "") comes back from the parser as None: it names no version.
     versions = {int(tag) for tag in tags.as_set()
-                if tag.isascii() and tag.isdigit() and len(tag) < 12}
+                if tag and tag.isascii() and tag.isdigit() and len(tag) < 12}
     current = directory.partner(conn, code).version
     if not versions:
         raise ApiProblem(412, "version-mismatch", f"partner {code} is at version {current}",
