@@ -28,6 +28,7 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import unicodedata
@@ -353,8 +354,21 @@ def format_timestamp(moment: datetime) -> str:
     """The instant as ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` in UTC; a naive datetime is refused.
 
     Fixed width (always six fraction digits, always ``Z``) so that one instant has one spelling
-    and strings sort like the instants they name.
+    and strings sort like the instants they name. Requests and records repeat a few instants
+    (a batch's business time), so the spellings of the latest ones are remembered: equal aware
+    datetimes are one instant, hence one spelling, and a naive one raises, so is never kept.
     """
+    if type(moment) is datetime:
+        return _remembered_timestamp(moment)
+    return _format_timestamp(moment)
+
+
+@functools.lru_cache(maxsize=256)
+def _remembered_timestamp(moment: datetime) -> str:
+    return _format_timestamp(moment)
+
+
+def _format_timestamp(moment: datetime) -> str:
     if not isinstance(moment, datetime):
         raise ProfileError("a timestamp must be a datetime", expected="datetime", computed=moment)
     if moment.utcoffset() is None:

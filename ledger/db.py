@@ -14,7 +14,7 @@ idempotency record, which must survive so a retry is refused the same way.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from importlib import resources
@@ -109,10 +109,107 @@ def _sqlite_engine(url: sa.URL, **kwargs: Any) -> Engine:
         cursor.close()
 
     @sa.event.listens_for(engine, "begin")
-    def _begin_immediate(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    def _begin(conn: Connection) -> None:
+        deferred = conn.get_execution_options().get(_READER, False)
+        conn.exec_driver_sql("BEGIN" if deferred else "BEGIN IMMEDIATE")
 
     return engine
+
+
+#: Execution option of a :func:`reader` connection.
+_READER = "coalition_reader"
+
+
+@contextmanager
+def reader(engine: Engine) -> Iterator[Connection]:
+    """A connection for work that only reads (the verifier's workers), rolled back at the end.
+
+    On SQLite its transactions begin deferred, not ``BEGIN IMMEDIATE``: a reader takes no write
+    lock, so in WAL mode any number of readers and the one writer proceed side by side, each
+    reader on its own snapshot. Elsewhere it is an ordinary connection.
+    """
+    with engine.connect() as conn:
+        conn = conn.execution_options(**{_READER: True})
+        try:
+            yield conn
+        finally:
+            conn.rollback()
+
+
+def insert_many(conn: Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:
+    """``conn.execute(table.insert(), rows)`` for a big batch, at a fraction of the cost.
+
+    Every row has the same keys. The statement is compiled by SQLAlchemy once per dialect, table
+    and columns, and each value goes through its column type's own bind processor, as the
+    generic path does; but a time column's processor runs once per distinct value (a batch's
+    rows share a few instants), and the rows reach the driver as one ``executemany`` of plain
+    tuples, without the per-row parameter dictionaries the generic path builds
+    (tests/integration/test_insert_many.py holds the two to the same rows on both backends).
+    The columns a row leaves out take their server defaults; the tables written this way have
+    no Python-side defaults.
+    """
+    if not rows:
+        return
+    plan = _insert_plan(conn.dialect, table, tuple(rows[0]))
+    conn.exec_driver_sql(plan.sql, plan.parameters(rows))
+
+
+class _InsertPlan:
+    """One compiled INSERT and the conversions its parameters need."""
+
+    def __init__(self, dialect: sa.Dialect, table: sa.Table, keys: tuple[str, ...]) -> None:
+        compiled = table.insert().compile(dialect=dialect, column_keys=list(keys))
+        self.sql = str(compiled)
+        order = list(compiled.positiontup or ()) if compiled.positional else list(keys)
+        if sorted(order) != sorted(keys):
+            raise ValueError(f"cannot bind {keys} into {table.name} as {order}")
+        self.keys = order
+        self.named = not compiled.positional
+        self.converters = [_converter(table.c[key].type, dialect) for key in order]
+
+    def parameters(self, rows: Sequence[Mapping[str, Any]]) -> list[Any]:
+        columns = list(zip(self.keys, self.converters, strict=True))
+        converted = [
+            [row[key] for row in rows]
+            if convert is None
+            else list(map(convert, (row[key] for row in rows)))
+            for key, convert in columns
+        ]
+        if self.named:
+            return [
+                dict(zip(self.keys, values, strict=True)) for values in zip(*converted, strict=True)
+            ]
+        return list(zip(*converted, strict=True))
+
+
+def _converter(column_type: Any, dialect: sa.Dialect) -> Callable[[Any], Any] | None:
+    """The column type's bind processor on this dialect (what SQLAlchemy itself applies),
+    remembered per distinct value for times, which a batch repeats."""
+    process = column_type.dialect_impl(dialect).bind_processor(dialect)
+    if process is None or not isinstance(column_type, UTCDateTime | sa.DateTime):
+        return process
+    memo: dict[Any, Any] = {}
+
+    def remembered(value: Any) -> Any:
+        try:
+            return memo[value]
+        except KeyError:
+            memo[value] = converted = process(value)
+            return converted
+        except TypeError:  # unhashable: converted each time, and refused as usual
+            return process(value)
+
+    return remembered
+
+
+_plans: dict[tuple[sa.Dialect, sa.Table, tuple[str, ...]], _InsertPlan] = {}
+
+
+def _insert_plan(dialect: sa.Dialect, table: sa.Table, keys: tuple[str, ...]) -> _InsertPlan:
+    plan = _plans.get((dialect, table, keys))
+    if plan is None:
+        plan = _plans[(dialect, table, keys)] = _InsertPlan(dialect, table, keys)
+    return plan
 
 
 def is_postgresql(conn: Connection | Engine) -> bool:

@@ -490,6 +490,7 @@ def earn_purchases(
     awarded: dict[str, dict[str, int]] = {}
     read_campaigns: set[str] = set()
     window = _TierWindow(conn, ids)
+    expiries: dict[datetime, datetime | None] = {}  # lot expiry by earn time: a few instants
     touched: dict[str, datetime] = {}
     awards: list[dict[str, Any]] = []
 
@@ -589,6 +590,8 @@ def earn_purchases(
                 results.append(error)
                 continue
             pending_days = contract.terms.pending_days
+            if at not in expiries:
+                expiries[at] = lot_expiry(at, policy)
             booking = kernel.earn(
                 store,
                 purchase.actor,
@@ -597,7 +600,7 @@ def earn_purchases(
                 funding=quote.funding,
                 business_time=at,
                 pending_until=at + timedelta(days=pending_days) if pending_days else None,
-                expires_at=lot_expiry(at, policy),
+                expires_at=expiries[at],
                 price_version=contract.price_version,
                 attributes={
                     "request_digest": request.hex,
@@ -694,6 +697,7 @@ class _TierWindow:
         """Forget everything read and booked."""
         self._base: dict[tuple[str, datetime], int] = {}
         self._booked: dict[str, list[tuple[datetime, int]]] = {}
+        self._starts: dict[datetime, datetime] = {}
 
     def flushed(self) -> None:
         """The batch's rows are written: what it booked is part of what was read from now on."""
@@ -702,7 +706,9 @@ class _TierWindow:
         self._booked = {}
 
     def _booked_in_window(self, member: str, at: datetime) -> int:
-        start = tiers.window_start(at)
+        start = self._starts.get(at)
+        if start is None:  # a batch asks about a few instants, thousands of times
+            start = self._starts[at] = tiers.window_start(at)
         return sum(p for when, p in self._booked.get(member, ()) if start < when <= at)
 
     def add(self, member: str, at: datetime, points: int) -> None:

@@ -377,14 +377,16 @@ def _record(
     now: datetime,
     by: str | None,
 ) -> TierChange:
+    # One statement whatever the values (a batch may record thousands): compiled once, cached.
     conn.execute(
-        t.tier_history.insert().values(
-            member_id=member,
-            tier=tier,
-            floor=floor,
-            reason=reason,
-            changed_at=now,
-            changed_by=by,
-        )
+        t.tier_history.insert(),
+        {
+            "member_id": member,
+            "tier": tier,
+            "floor": floor,
+            "reason": reason,
+            "changed_at": now,
+            "changed_by": by,
+        },
     )
     return TierChange(member, tier, previous, floor, reason, now, by)

@@ -1,0 +1,129 @@
+""":func:`ledger.db.insert_many` stores exactly what ``conn.execute(table.insert(), rows)`` stores.
+
+The same rows go in once each way, each in a transaction that is rolled back, and the values the
+driver reads back — the stored form, before any SQLAlchemy type processing — are compared: ids,
+aware and repeated times, None in every nullable column, JSON (text, nested, null), bytes and
+64-bit integers, on SQLite and on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from ledger import tables as t
+from ledger.db import Database, insert_many
+
+T0 = datetime(2026, 3, 2, 9, 30, 0, 123456, tzinfo=UTC)
+PARIS = timezone(timedelta(hours=1))
+
+
+def _rows() -> dict[sa.Table, list[dict[str, Any]]]:
+    entry_ids = [uuid.UUID(int=n) for n in (1, 2, 3)]
+    lot_id = uuid.UUID("12345678-9abc-4def-8123-456789abcdef")
+    return {
+        t.accounts: [
+            {"code": "member:m1:available", "kind": "available", "owner": "m1", "opened_at": T0},
+            {"code": "partner:P:issued", "kind": "issued", "owner": None, "opened_at": T0},
+        ],
+        t.entries: [
+            {
+                "id": entry_id,
+                "kind": "EARN",
+                "business_time": T0 if n else T0.astimezone(PARIS),  # one instant, two zones
+                "booked_at": T0 + timedelta(microseconds=n),
+                "partner": "P" if n != 1 else None,
+                "credential": "cred",
+                "idempotency_key": f"k{n}",
+                "refers_to": entry_ids[0] if n == 2 else None,
+                "reason": "ré-émis" if n == 2 else None,
+                "attributes": {"explanation": "2 × 3 € \u2028", "n": 2**53 - 1, "l": [1, None]},
+            }
+            for n, entry_id in enumerate(entry_ids)
+        ],
+        t.postings: [
+            {"entry_id": entry_ids[0], "line": 0, "account": "member:m1:available", "amount": 5},
+            {"entry_id": entry_ids[0], "line": 1, "account": "partner:P:issued", "amount": -5},
+            {
+                "entry_id": entry_ids[1],
+                "line": 0,
+                "account": "member:m1:available",
+                "amount": 2**62,
+            },
+        ],
+        t.lots: [
+            {
+                "id": lot_id,
+                "opened_by": entry_ids[0],
+                "member": "m1",
+                "funder": "P",
+                "amount": 5,
+                "earned_at": T0,
+                "expires_at": None,
+                "price_version": None,
+                "pending_until": T0 + timedelta(days=14),
+                "remaining": 5,
+                "pending": True,
+            }
+        ],
+        t.idempotency: [
+            {
+                "credential": "cred",
+                "key": f"k{n}",
+                "request_hash": bytes(range(n, n + 32)),
+                "request": {"op": "earn", "points": n},
+                "entry_id": entry_ids[n] if n < 2 else None,
+                "refusal": None if n < 2 else {"code": "x", "fields": {}},
+                "created_at": T0,
+            }
+            for n in range(3)
+        ],
+        t.journal_queue: [{"entry_id": entry_id} for entry_id in entry_ids],
+    }
+
+
+def _stored(conn: Connection, table: sa.Table, keys: list[str]) -> list[tuple[Any, ...]]:
+    """The rows' columns as the driver returns them, without SQLAlchemy's result processing
+    (a sequence the rows leave to the database is not rolled back, so it is not compared)."""
+    columns = ", ".join(f'"{key}"' for key in keys)
+    rows = conn.exec_driver_sql(f'SELECT {columns} FROM "{table.name}"').all()
+    return sorted((tuple(row) for row in rows), key=repr)
+
+
+def _store_and_read(db: Database, insert: Callable[[Connection, sa.Table, list], None]) -> dict:
+    rows = _rows()
+    with db.engine.connect() as conn:
+        transaction = conn.begin()
+        for table, table_rows in rows.items():
+            insert(conn, table, table_rows)
+        stored = {table.name: _stored(conn, table, list(rows[table][0])) for table in rows}
+        transaction.rollback()
+    return stored
+
+
+def test_insert_many_stores_what_the_generic_insert_stores(db: Database) -> None:
+    fast = _store_and_read(db, insert_many)
+    generic = _store_and_read(db, lambda conn, table, rows: conn.execute(table.insert(), rows))
+    assert fast == generic
+    assert len(fast["entries"]) == 3
+    assert len(fast["journal_queue"]) == 3
+
+
+def test_insert_many_of_nothing_does_nothing(db: Database) -> None:
+    with db.engine.connect() as conn:
+        insert_many(conn, t.entries, [])
+        assert conn.scalar(sa.select(sa.func.count()).select_from(t.entries)) == 0
+
+
+def test_a_naive_time_is_refused_as_by_the_generic_insert(db: Database) -> None:
+    row = {**_rows()[t.accounts][0], "opened_at": datetime(2026, 3, 2)}
+    with db.engine.connect() as conn, pytest.raises(sa.exc.StatementError, match="naive"):
+        conn.execute(t.accounts.insert(), [row])
+    with db.engine.connect() as conn, pytest.raises(ValueError, match="naive"):
+        insert_many(conn, t.accounts, [row])
