@@ -31,16 +31,10 @@ from uuid import UUID
 from sqlalchemy.engine import Connection
 
 from ledger import merkle
+from ledger.canonical import canonical_bytes
 from ledger.db import Database
 from ledger.errors import LedgerError
-from ledger.journal import (
-    GENESIS_PREV,
-    LOG_START,
-    Leaf,
-    build_leaf,
-    entry_record_from_rows,
-    timestamp_memo,
-)
+from ledger.journal import GENESIS_PREV, LOG_START, envelope_bytes, timestamp_memo
 from ledger.logstore import SqlLogStore
 from ledger.note import Checkpoint, NoteSigner
 from ledger.repository import SqlLedgerStore
@@ -70,6 +64,18 @@ class QueuedRecord:
     """The leaf kind (e.g. ``AUDIT``); never an entry kind and never ``LOG_START``."""
     body: dict[str, Any]
     """The leaf's ``entry`` member, inside the hashed-data profile."""
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedBody:
+    """A queued entry's leaf body, serialised ahead of its append (:meth:`Integrator.prepare`)."""
+
+    seq: int
+    """The entry's position in the journal queue."""
+    entry_id: UUID
+    kind: str
+    body: bytes
+    """``canonical_bytes`` of the entry's leaf record."""
 
 
 class RecordQueue(Protocol):
@@ -115,8 +121,38 @@ class Integrator:
                 f"the database appends to log {current!r}, this key signs for {self.origin!r}"
             )
 
-    def integrate_batch(self, conn: Connection) -> BatchResult | None:
-        """Integrate up to ``batch_size`` committed entries; None if idle or not the leader."""
+    def prepare(
+        self, conn: Connection, *, after: int = 0, limit: int | None = None
+    ) -> list[PreparedBody]:
+        """The leaf bodies of committed entries queued behind position ``after``, oldest first.
+
+        The integrator's expensive half — reading each entry's rows and serialising its record
+        — needs no lock and writes nothing, so it can run in another process beside the writers
+        (through a :func:`~ledger.db.reader` connection) and hand :meth:`integrate_batch` the
+        bodies, leaving it only the splice, the hashes and the inserts. Up to ``limit`` entries
+        (default: a batch); pass the last body's ``seq`` as ``after`` to go on.
+        """
+        queued = SqlLogStore(conn).queued(limit or self.batch_size, after=after)
+        positions = {entry_id: seq for seq, entry_id in queued}
+        records = SqlLedgerStore(conn).load_entry_records(list(positions), timestamp_memo())
+        return [
+            PreparedBody(positions[entry_id], entry_id, record["kind"], canonical_bytes(record))
+            for entry_id, record in records
+        ]
+
+    def integrate_batch(
+        self,
+        conn: Connection,
+        prepared: dict[UUID, PreparedBody] | None = None,
+        *,
+        prepared_only: bool = False,
+    ) -> BatchResult | None:
+        """Integrate up to ``batch_size`` committed entries; None if idle or not the leader.
+
+        ``prepared`` holds bodies made by :meth:`prepare`; each one used is removed from it, and
+        the entries it lacks are read here. With ``prepared_only`` the batch stops at the first
+        queued entry it lacks (that one waits for a later pass).
+        """
         store = SqlLogStore(conn)
         if not store.try_lead():
             return None
@@ -125,14 +161,27 @@ class Integrator:
         # never starves them; whatever they leave unused the entries do not get back this batch.
         share = max(1, self.batch_size // 10) if self.queues and self.batch_size > 1 else 0
         queued = store.queued(self.batch_size - share)
-        # Straight from the rows: rebuilding and re-validating Entry objects cost more than the
-        # leaves themselves, and the record is the same (tests/integration/test_journal.py).
-        entries = SqlLedgerStore(conn).load_entry_rows([entry_id for _, entry_id in queued])
-        stamp = timestamp_memo()
-        records: list[tuple[str, dict, UUID | None]] = [
-            (rows.entry.kind, entry_record_from_rows(rows, stamp), rows.entry.id)
-            for rows in entries
-        ]
+        given = {} if prepared is None else prepared
+        if prepared_only:
+            lacking = (n for n, (_, entry_id) in enumerate(queued) if entry_id not in given)
+            queued = queued[: next(lacking, len(queued))]
+        # Straight from the rows to the records: rebuilding and re-validating Entry objects (or
+        # even UUID objects) cost more than the leaves themselves, and the record is the same
+        # (tests/integration/test_entry_records_fast.py).
+        read = dict(
+            SqlLedgerStore(conn).load_entry_records(
+                [entry_id for _, entry_id in queued if entry_id not in given], timestamp_memo()
+            )
+        )
+        records: list[tuple[str, bytes, UUID | None]] = []
+        for _, entry_id in queued:
+            body = given.pop(entry_id, None)
+            if body is not None:
+                records.append((body.kind, body.body, entry_id))
+            elif entry_id in read:  # a queue row whose entry is gone is dropped, as always
+                record = read[entry_id]
+                records.append((record["kind"], canonical_bytes(record), entry_id))
+        entries = len(records)
         others: list[tuple[RecordQueue, list[QueuedRecord]]] = []
         room = self.batch_size - len(records)
         for queue in self.queues:
@@ -140,14 +189,14 @@ class Integrator:
                 break
             taken = queue.queued(conn, room)
             others.append((queue, taken))
-            records += [(record.kind, record.body, None) for record in taken]
+            records += [(record.kind, canonical_bytes(record.body), None) for record in taken]
             room -= len(taken)
         if not records:
             return None
         result = self._append(store, records)
         if queued:
             store.dequeue([seq for seq, _ in queued])
-        index = result.first_index + len(entries)
+        index = result.first_index + entries
         for queue, taken in others:
             if taken:
                 queue.integrated(
@@ -156,12 +205,19 @@ class Integrator:
                 index += len(taken)
         return result
 
-    def integrate_all(self, db: Database) -> int:
-        """Run batches until the queue is empty; returns the number of leaves appended."""
+    def integrate_all(
+        self,
+        db: Database,
+        prepared: dict[UUID, PreparedBody] | None = None,
+        *,
+        prepared_only: bool = False,
+    ) -> int:
+        """Run batches until the queue is empty (with ``prepared_only``: until the first entry
+        not prepared); returns the number of leaves appended. See :meth:`integrate_batch`."""
         appended = 0
         while True:
             with db.transaction() as conn:
-                result = self.integrate_batch(conn)
+                result = self.integrate_batch(conn, prepared, prepared_only=prepared_only)
             if result is None:
                 return appended
             appended += result.size - result.first_index
@@ -185,21 +241,22 @@ class Integrator:
             "previous_checkpoint": final.note,
             "previous_vkey": self.signer.vkey,
         }
-        return Integrator(new_signer)._append(store, [(LOG_START, body, None)])
+        return Integrator(new_signer)._append(store, [(LOG_START, canonical_bytes(body), None)])
 
     # -- internals ------------------------------------------------------------------------------
 
     def _append(
-        self, store: SqlLogStore, records: list[tuple[str, dict, UUID | None]]
+        self, store: SqlLogStore, records: list[tuple[str, bytes, UUID | None]]
     ) -> BatchResult:
+        """Append (kind, serialised body, entry id) records as leaves; sign the new size."""
         tip = store.tip(self.origin)
         committed_at = _now()
         if tip.last_committed_at is not None and committed_at < tip.last_committed_at:
             committed_at = tip.last_committed_at  # the log's clock never runs backwards
         prev = tip.last_hash if tip.size else GENESIS_PREV
-        leaves: list[Leaf] = []
-        for offset, (kind, body, _) in enumerate(records):
-            leaf = build_leaf(
+        leaves: list[tuple[bytes, bytes, UUID | None]] = []
+        for offset, (kind, body, entry_id) in enumerate(records):
+            data = envelope_bytes(
                 log=self.origin,
                 index=tip.size + offset,
                 prev=prev,
@@ -208,11 +265,13 @@ class Integrator:
                 committed_at=committed_at,
                 nonce=os.urandom(16),
             )
-            leaves.append(leaf)
-            prev = leaf.hash
-        store.append(leaves, [entry_id for _, _, entry_id in records])
+            prev = merkle.leaf_hash(data)
+            leaves.append((data, prev, entry_id))
+        store.append(self.origin, tip.size, leaves)
         nodes = merkle.nodes_created_by_append(
-            tip.size, [leaf.hash for leaf in leaves], lambda a: store.nodes(self.origin, a)
+            tip.size,
+            [leaf_hash for _, leaf_hash, _ in leaves],
+            lambda a: store.nodes(self.origin, a),
         )
         store.add_nodes(self.origin, nodes)
         size = tip.size + len(leaves)

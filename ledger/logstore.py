@@ -16,7 +16,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ledger import tables as t
-from ledger.journal import GENESIS_PREV, Leaf, parse_leaf
+from ledger.db import insert_many
+from ledger.journal import GENESIS_PREV, parse_leaf
 
 #: Arbitrary, fixed key of the integrator's advisory lock ("coalitio" in ASCII).
 INTEGRATOR_LOCK = 0x636F616C6974696F
@@ -92,25 +93,24 @@ class SqlLogStore:
             return Tip(0, GENESIS_PREV, None)
         return Tip(row.idx + 1, bytes(row.hash), parse_leaf(bytes(row.data)).committed_at)
 
-    def append(self, leaves: Sequence[Leaf], entry_ids: Sequence[UUID | None]) -> None:
-        self.conn.execute(
-            t.leaves.insert(),
+    def append(
+        self, log: str, first_index: int, leaves: Sequence[tuple[bytes, bytes, UUID | None]]
+    ) -> None:
+        """Store leaves (data, hash, entry id) at ``first_index`` and on, in order."""
+        insert_many(
+            self.conn,
+            t.leaves,
             [
-                {
-                    "log": leaf.log,
-                    "idx": leaf.index,
-                    "entry_id": entry_id,
-                    "hash": leaf.hash,
-                    "data": leaf.data,
-                }
-                for leaf, entry_id in zip(leaves, entry_ids, strict=True)
+                {"log": log, "idx": first_index + n, "entry_id": entry_id, "hash": h, "data": data}
+                for n, (data, h, entry_id) in enumerate(leaves)
             ],
         )
 
     def add_nodes(self, log: str, nodes: Sequence[tuple[int, int, bytes]]) -> None:
         if nodes:
-            self.conn.execute(
-                t.tree_nodes.insert(),
+            insert_many(
+                self.conn,
+                t.tree_nodes,
                 [{"log": log, "level": lvl, "idx": idx, "hash": h} for lvl, idx, h in nodes],
             )
 
@@ -167,10 +167,12 @@ class SqlLogStore:
             return None
         return StoredCheckpoint(row.log, row.size, bytes(row.root), row.note, row.created_at)
 
-    def queued(self, limit: int) -> list[tuple[int, UUID]]:
-        """Committed queue rows in sequence order (uncommitted writers are invisible here)."""
+    def queued(self, limit: int, after: int = 0) -> list[tuple[int, UUID]]:
+        """Committed queue rows in sequence order (uncommitted writers are invisible here),
+        from the one after position ``after``."""
         rows = self.conn.execute(
             sa.select(t.journal_queue.c.seq, t.journal_queue.c.entry_id)
+            .where(t.journal_queue.c.seq > after)
             .order_by(t.journal_queue.c.seq)
             .limit(limit)
         )
