@@ -211,7 +211,7 @@ def audit() -> None:
     default=min(os.cpu_count() or 1, 8),
     show_default="the number of cores, at most 8",
     type=click.IntRange(1, 64),
-    help="Processes that check a bundle's leaves.",
+    help="Processes that check the leaves (of a bundle or of the live database).",
 )
 @click.option(
     "--progress/--no-progress",
@@ -237,7 +237,7 @@ def audit_verify(
     else:
         db = _database(Settings.from_env())
         with db.engine.connect() as conn, _progress(show, in_bytes=False) as report_progress:
-            report = verify_database(conn, trusted, progress=report_progress)
+            report = verify_database(conn, trusted, progress=report_progress, workers=workers)
     click.echo(json.dumps(report.to_json(), indent=2) if as_json else report.to_text())
     sys.exit(0 if report.ok else 1)
 
@@ -327,8 +327,13 @@ def audit_prove(entry_id: UUID, fmt: str) -> None:
 
 @audit.command("check-receipt")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--key", "keys_", required=True, multiple=True,
-              help="Trusted log verifier key (repeatable; `coalition keys show` prints it).")
+@click.option(
+    "--key",
+    "keys_",
+    required=True,
+    multiple=True,
+    help="Trusted log verifier key (repeatable; `coalition keys show` prints it).",
+)
 @clear_errors
 def audit_check_receipt(path: Path, keys_: tuple[str, ...]) -> None:
     """Verify a receipt offline, without the database: signature, leaf, inclusion proof."""
@@ -340,8 +345,10 @@ def audit_check_receipt(path: Path, keys_: tuple[str, ...]) -> None:
     except ValueError as exc:  # not JSON; a JSON document that is no receipt is a ProofError
         raise click.ClickException(f"{path} is not a receipt: {exc}") from None
     leaf = verify_receipt(found, [NoteVerifier.from_vkey(k) for k in keys_])
-    click.echo(f"OK: entry {found.entry_id} ({leaf.body['kind']}) is leaf {found.index} of "
-               f"{found.log}, under a checkpoint of size {found.tree_size} signed by the key")
+    click.echo(
+        f"OK: entry {found.entry_id} ({leaf.body['kind']}) is leaf {found.index} of "
+        f"{found.log}, under a checkpoint of size {found.tree_size} signed by the key"
+    )
 
 
 def _export_beancount(db: Database, out: Path) -> None:
@@ -415,15 +422,18 @@ def audit_report_trial_balance(size: int | None, by: str, as_json: bool) -> None
         for total in report.totals:
             debits, credits = _debit_credit(total.book.value, total.debits, total.credits)
             verdict = "balances" if total.balanced else f"DOES NOT BALANCE (net {total.net})"
-            click.echo(f"{total.book.value} {verdict}: debits {debits} = credits {credits}"
-                       if total.balanced
-                       else f"{total.book.value} {verdict}: debits {debits}, credits {credits}")
+            click.echo(
+                f"{total.book.value} {verdict}: debits {debits} = credits {credits}"
+                if total.balanced
+                else f"{total.book.value} {verdict}: debits {debits}, credits {credits}"
+            )
     if not report.balanced:
         sys.exit(1)
 
 
 def _debit_credit(book: str, *amounts: int) -> tuple[str, ...]:
     """Trial balance cells: one (debit, credit) pair for a balance, or the totals as given."""
+
     def show(value: int) -> str:
         return format_cents(value) if book == "EUR" else str(value)
 
@@ -434,8 +444,13 @@ def _debit_credit(book: str, *amounts: int) -> tuple[str, ...]:
 
 
 @audit_report.command("liability")
-@click.option("--by", type=click.Choice(["partner", "vintage"]), default="partner",
-              show_default=True, help="Per funding partner, or per month earned (Paris).")
+@click.option(
+    "--by",
+    type=click.Choice(["partner", "vintage"]),
+    default="partner",
+    show_default=True,
+    help="Per funding partner, or per month earned (Paris).",
+)
 @click.option("--partner", help="Only the points this partner funded.")
 @_report_output
 @clear_errors
@@ -546,8 +561,9 @@ def partners_add(code: str, legal_name: str, iban: str, bic: str) -> None:
     with db.transaction() as conn:
         # audit: partner onboarded
         partner = directory.onboard_partner(conn, code, legal_name, iban, bic, datetime.now(UTC))
-    click.echo(f"partner {partner.code} onboarded: {partner.legal_name}, {partner.iban} "
-               f"{partner.bic}")
+    click.echo(
+        f"partner {partner.code} onboarded: {partner.legal_name}, {partner.iban} {partner.bic}"
+    )
 
 
 @partners_group.command("list")
@@ -561,15 +577,19 @@ def partners_list() -> None:
         rows = conn.execute(sa.select(pt.partners).order_by(pt.partners.c.code)).all()
     for row in rows:
         redemptions = "blocked" if row.redemption_blocked else "open"
-        click.echo(f"{row.code}\t{row.status}\tredemptions {redemptions}\tv{row.version}\t"
-                   f"{row.legal_name}")
+        click.echo(
+            f"{row.code}\t{row.status}\tredemptions {redemptions}\tv{row.version}\t{row.legal_name}"
+        )
 
 
 @partners_group.command("status")
 @click.argument("code")
 @click.argument("status", type=click.Choice([s.value for s in directory.PartnerStatus]))
-@click.option("--block-redemptions/--allow-redemptions", default=None,
-              help="Default: keep as is, or allow when the partner becomes active.")
+@click.option(
+    "--block-redemptions/--allow-redemptions",
+    default=None,
+    help="Default: keep as is, or allow when the partner becomes active.",
+)
 @clear_errors
 def partners_status(code: str, status: str, block_redemptions: bool | None) -> None:
     """Set a partner's status (active, suspended, exiting) and whether members may spend there."""
@@ -579,11 +599,14 @@ def partners_status(code: str, status: str, block_redemptions: bool | None) -> N
         if block_redemptions is None:
             block_redemptions = before.redemption_blocked and status != "active"
         # audit: partner status changed
-        after = directory.set_status(conn, code, status, datetime.now(UTC),
-                                     redemption_blocked=block_redemptions)
+        after = directory.set_status(
+            conn, code, status, datetime.now(UTC), redemption_blocked=block_redemptions
+        )
     redemptions = "blocked" if after.redemption_blocked else "open"
-    click.echo(f"partner {code} is {after.status.value}, redemptions {redemptions} "
-               f"(version {after.version})")
+    click.echo(
+        f"partner {code} is {after.status.value}, redemptions {redemptions} "
+        f"(version {after.version})"
+    )
 
 
 _STAFF_ROLES = [r.value for r in directory.Role if r is not directory.Role.PARTNER]
@@ -591,10 +614,12 @@ _STAFF_ROLES = [r.value for r in directory.Role if r is not directory.Role.PARTN
 
 def _print_issued(credential: directory.Credential, token: str) -> None:
     """Print the token once, after the commit, so a printed token always works."""
-    owner = (f"partner {credential.partner}" if credential.partner
-             else f"staff {credential.staff}")
-    click.echo(f"credential {credential.id} ({credential.role.value}, {owner}); "
-               "the token below is shown once, store it now:", err=True)
+    owner = f"partner {credential.partner}" if credential.partner else f"staff {credential.staff}"
+    click.echo(
+        f"credential {credential.id} ({credential.role.value}, {owner}); "
+        "the token below is shown once, store it now:",
+        err=True,
+    )
     click.echo(token)
 
 
@@ -609,8 +634,9 @@ def credentials() -> None:
 @click.option("--role", type=click.Choice(_STAFF_ROLES), help="The staff credential's role.")
 @click.option("--label", help="A note, e.g. 'till system, store 12'.")
 @clear_errors
-def credentials_issue(partner_code: str | None, staff: str | None, role: str | None,
-                      label: str | None) -> None:
+def credentials_issue(
+    partner_code: str | None, staff: str | None, role: str | None, label: str | None
+) -> None:
     """Issue a credential and print its token once (partner: --partner; staff: --staff --role)."""
     if (partner_code is None) == (staff is None):
         raise click.UsageError("give either --partner CODE or --staff NAME --role ROLE")
@@ -622,8 +648,12 @@ def credentials_issue(partner_code: str | None, staff: str | None, role: str | N
     with db.transaction() as conn:
         # audit: credential issued (never the token)
         issued = directory.issue_credential(
-            conn, partner=partner_code, staff=staff, role=role or directory.Role.PARTNER,
-            label=label, now=datetime.now(UTC),
+            conn,
+            partner=partner_code,
+            staff=staff,
+            role=role or directory.Role.PARTNER,
+            label=label,
+            now=datetime.now(UTC),
         )
         credential = directory.credential(conn, issued.credential_id)
     _print_issued(credential, issued.token)
@@ -649,22 +679,30 @@ def credentials_list(partner_code: str | None, staff_only: bool) -> None:
     for row in rows:
         owner = row.partner or row.staff
         revoked = f"revoked {row.revoked_at.isoformat()}" if row.revoked_at else "active"
-        click.echo(f"{row.id}\t{row.role}\t{owner}\t{row.label or ''}\t"
-                   f"{row.created_at.isoformat()}\t{revoked}")
+        click.echo(
+            f"{row.id}\t{row.role}\t{owner}\t{row.label or ''}\t"
+            f"{row.created_at.isoformat()}\t{revoked}"
+        )
 
 
 @credentials.command("rotate")
 @click.argument("credential_id")
-@click.option("--grace", type=click.IntRange(0, 7 * 86_400), default=0, show_default=True,
-              help="Seconds the old token keeps working.")
+@click.option(
+    "--grace",
+    type=click.IntRange(0, 7 * 86_400),
+    default=0,
+    show_default=True,
+    help="Seconds the old token keeps working.",
+)
 @clear_errors
 def credentials_rotate(credential_id: str, grace: int) -> None:
     """Issue a successor credential (token printed once); the old one stops after --grace."""
     db = _database(Settings.from_env())
     with db.transaction() as conn:
         # audit: credential rotated
-        issued = directory.rotate_credential(conn, credential_id, datetime.now(UTC),
-                                             grace=timedelta(seconds=grace))
+        issued = directory.rotate_credential(
+            conn, credential_id, datetime.now(UTC), grace=timedelta(seconds=grace)
+        )
         credential = directory.credential(conn, issued.credential_id)
     _print_issued(credential, issued.token)
 
@@ -697,8 +735,9 @@ def staff_add(name: str, role: str, label: str | None) -> None:
     db = _database(Settings.from_env())
     with db.transaction() as conn:
         # audit: staff credential issued (never the token)
-        issued = directory.issue_credential(conn, staff=name, role=role, label=label,
-                                            now=datetime.now(UTC))
+        issued = directory.issue_credential(
+            conn, staff=name, role=role, label=label, now=datetime.now(UTC)
+        )
         credential = directory.credential(conn, issued.credential_id)
     _print_issued(credential, issued.token)
 
@@ -707,8 +746,13 @@ def staff_add(name: str, role: str, label: str | None) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64))
-@click.option("--graceful-timeout", default=30, show_default=True, type=click.IntRange(1, 600),
-              help="Seconds in-flight requests get to finish on SIGTERM.")
+@click.option(
+    "--graceful-timeout",
+    default=30,
+    show_default=True,
+    type=click.IntRange(1, 600),
+    help="Seconds in-flight requests get to finish on SIGTERM.",
+)
 def serve(host: str, port: int, workers: int, graceful_timeout: int) -> None:
     """Serve the REST API (and its docs at /docs) under gunicorn."""
     run_gunicorn(host, port, workers, graceful_timeout)

@@ -21,6 +21,7 @@ on the demo database until Ctrl-C.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import time
@@ -387,7 +388,7 @@ def _verify(
     result: dict[str, Any] = {}
     with db.engine.connect() as conn:
         progress.update(task, description="verifying the journal, caches, log and checkpoints")
-        report = verify_database(conn, [signer.verifier])
+        report = verify_database(conn, [signer.verifier], workers=os.cpu_count() or 1)
         result["ledger"] = {"ok": report.ok, "findings": len(report.findings)}
         if not report.ok:
             result["ledger"]["report"] = report.to_text()

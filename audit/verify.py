@@ -102,8 +102,12 @@ def verify_database(
     conn: Connection,
     trusted: Iterable[NoteVerifier] | None = None,
     progress: Progress | None = None,
+    workers: int = 1,
 ) -> Report:
     """Verify everything in the database. ``trusted`` keys default to the logs' own keys.
+
+    ``workers`` > 1 checks the log's leaves in that many processes
+    (:func:`ledger.logcheck.verify_log`).
 
     An auditor should pass the log keys it obtained out of band: a database can carry a forged
     key alongside forged checkpoints.
@@ -126,7 +130,9 @@ def verify_database(
     )
     findings = [
         *phase("caches", lambda: check_consistency(conn)),
-        *verify_log(conn, keyring, record_check=check_audit_leaves, progress=progress),
+        *verify_log(
+            conn, keyring, record_check=check_audit_leaves, progress=progress, workers=workers
+        ),
         *phase("audit log", lambda: audit_events_not_logged(conn)),
         *phase("statements", lambda: check_statements(conn, keyring)),
     ]

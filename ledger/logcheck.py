@@ -1,8 +1,9 @@
 """Verification of the stored log against itself, its checkpoints and the journal tables.
 
-One streaming pass over the leaves in index order, in batches of :data:`_BATCH` (the roots are
-rebuilt from a stack of peaks; only the leaves' 32-byte hashes are kept, for the stored tree
-nodes), that reports every finding rather than stopping at the first:
+One streaming pass over the leaves in index order, in ranges of :data:`_BATCH` indices (the
+roots are rebuilt from a stack of peaks; only the leaves' 32-byte hashes are kept, for the stored
+tree nodes), that reports every finding rather than stopping at the first. The ranges can be
+checked in worker processes and joined in order (``workers``), with the same findings:
 
 - each leaf's bytes are canonical and say the right log and index (no gap, no reordering);
 - each leaf's ``prev`` is the hash of the leaf before it, and its stored hash is its real hash;
@@ -18,17 +19,24 @@ they record is checked by their owner through the ``record_check`` hook, batch b
 from __future__ import annotations
 
 import re
+import sys
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
+from multiprocessing import get_context
 from uuid import UUID
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
 from ledger import merkle
 from ledger import tables as t
 from ledger.canonical import canonical_loads, parse_timestamp
 from ledger.consistency import Finding
+from ledger.db import reader
 from ledger.errors import LedgerError
 from ledger.journal import (
     ENVELOPE_VERSION,
@@ -36,7 +44,6 @@ from ledger.journal import (
     LOG_START,
     NON_ENTRY_KINDS,
     Leaf,
-    entry_record_from_rows,
     parse_leaf,
     timestamp_memo,
 )
@@ -60,15 +67,24 @@ def verify_log(
     verifiers: Iterable[NoteVerifier],
     record_check: RecordCheck | None = None,
     progress: Progress | None = None,
+    workers: int = 1,
 ) -> list[Finding]:
-    """Every finding about every log in the database (empty when all verifies)."""
+    """Every finding about every log in the database (empty when all verifies).
+
+    ``workers`` > 1 checks the leaves in that many processes forked from this one (Linux, a
+    database file or server: an in-memory database has nothing to share). Each worker reads
+    through its own connection, which is sound because the leaves it is given, and the entries
+    they record, are append-only: a worker that reads them after ``conn`` did reads the same
+    rows. The findings are the same, in the same order, whatever the number of workers.
+    """
     keyring = list(verifiers)
     findings: list[Finding] = []
     logs = conn.execute(sa.select(t.logs.c.origin).order_by(t.logs.c.opened_at)).scalars().all()
     counter = _Counter(progress, int(conn.scalar(sa.select(sa.func.count()).select_from(t.leaves))))
     counter.advance(0)
-    for log in logs:
-        findings.extend(_verify_one_log(conn, log, keyring, record_check, counter))
+    with _chunk_checker(conn, record_check, workers) as check_chunks:
+        for log in logs:
+            findings.extend(_verify_one_log(conn, log, keyring, check_chunks, counter))
     findings.extend(_entries_without_leaves(conn))
     return findings
 
@@ -85,11 +101,92 @@ class _Counter:
             self.progress("leaves", self.done, max(self.total, self.done))
 
 
+@dataclass
+class _Chunk:
+    """What checking one range of a log's leaves found, and what the checks across ranges need.
+
+    Every check that needs only the range's own leaves is made where the range is read (in a
+    worker, with ``workers`` > 1); the log's pass then joins the ranges in order: the first
+    leaf's sequence, chain and clock against the range before, the roots and the tree nodes.
+    """
+
+    findings: list[Finding]
+    leaves: list[tuple[int, bytes]]
+    """(index, real hash) of each stored leaf, in index order."""
+    first_prev: bytes | None = None
+    """The first leaf's ``prev``; None if it did not parse (its own finding says why)."""
+    first_clock: datetime | None = None
+    """``committed_at`` of the first leaf that parsed (at ``first_clock_index``), and of the
+    last one."""
+    first_clock_index: int = 0
+    last_clock: datetime | None = None
+
+
+#: Checks the ranges [low, high) of a log's leaves; yields their results in the order asked.
+ChunkChecker = Callable[[str, Iterable[tuple[int, int]]], Iterator[_Chunk]]
+
+
+@contextmanager
+def _chunk_checker(
+    conn: Connection, record_check: RecordCheck | None, workers: int
+) -> Iterator[ChunkChecker]:
+    engine = conn.engine
+    shareable = not (
+        engine.dialect.name == "sqlite" and engine.url.database in (None, "", ":memory:")
+    )
+    if workers <= 1 or not shareable or sys.platform != "linux":
+
+        def here(log: str, ranges: Iterable[tuple[int, int]]) -> Iterator[_Chunk]:
+            for low, high in ranges:
+                yield _check_chunk(conn, log, low, high, record_check)
+
+        yield here
+        return
+    # Forked: the workers inherit the engine and the record check (neither need be picklable);
+    # each drops the pooled connections it inherited and opens its own.
+    pool = ProcessPoolExecutor(
+        workers,
+        mp_context=get_context("fork"),
+        initializer=_start_worker,
+        initargs=(engine, record_check),
+    )
+
+    def forked(log: str, ranges: Iterable[tuple[int, int]]) -> Iterator[_Chunk]:
+        pending: deque[Future[_Chunk]] = deque()
+        for low, high in ranges:
+            pending.append(pool.submit(_worker_chunk, log, low, high))
+            if len(pending) > 2 * workers:  # a bounded window keeps memory flat
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+    try:
+        yield forked
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
+_worker: tuple[Engine, RecordCheck | None] | None = None
+
+
+def _start_worker(engine: Engine, record_check: RecordCheck | None) -> None:
+    global _worker
+    engine.dispose(close=False)  # the parent's connections stay the parent's
+    _worker = (engine, record_check)
+
+
+def _worker_chunk(log: str, low: int, high: int) -> _Chunk:
+    assert _worker is not None
+    engine, record_check = _worker
+    with reader(engine) as conn:
+        return _check_chunk(conn, log, low, high, record_check)
+
+
 def _verify_one_log(
     conn: Connection,
     log: str,
     keyring: list[NoteVerifier],
-    record_check: RecordCheck | None,
+    check_chunks: ChunkChecker,
     counter: _Counter,
 ) -> Iterator[Finding]:
     checkpoints = {
@@ -112,29 +209,42 @@ def _verify_one_log(
     peaks: list[tuple[int, bytes]] = []  # (level, hash) of the right-edge complete subtrees
     hashes: list[bytes] = []  # every leaf's real hash, in order, for the stored tree nodes
     expected_index, prev = 0, GENESIS_PREV
-    clock: list[datetime] = []  # committed_at of the previous leaf, once seen
+    clock: datetime | None = None  # committed_at of the last leaf that parsed
     if 0 in checkpoints and bytes(checkpoints[0].root) != merkle.EMPTY_ROOT:
         yield Finding(
             "checkpoint-root", f"{log}@0", merkle.EMPTY_ROOT.hex(), bytes(checkpoints[0].root).hex()
         )
-    for rows in _leaf_batches(conn, log):
-        entries = _journal_entries(conn, [r.entry_id for r in rows if r.entry_id is not None])
-        records: list[Leaf] = []
-        for row in rows:
-            data = bytes(row.data)
-            real_hash = merkle.leaf_hash(data)
-            subject = f"{log}#{row.idx}"
-            if row.idx != expected_index:
-                yield Finding("leaf-sequence", subject, expected_index, row.idx)
-            if bytes(row.hash) != real_hash:
-                yield Finding("leaf-hash", subject, real_hash.hex(), bytes(row.hash).hex())
-            yield from _check_leaf(
-                data, subject, log, row.idx, prev, row.entry_id, entries, clock, records
+    low, high = conn.execute(
+        sa.select(sa.func.min(t.leaves.c.idx), sa.func.max(t.leaves.c.idx)).where(
+            t.leaves.c.log == log
+        )
+    ).one()
+    ranges = (
+        []
+        if low is None
+        else [(a, min(a + _BATCH, high + 1)) for a in range(low, high + 1, _BATCH)]
+    )
+    for chunk in check_chunks(log, ranges):
+        if not chunk.leaves:
+            continue
+        first = chunk.leaves[0][0]
+        subject = f"{log}#{first}"
+        if first != expected_index:
+            yield Finding("leaf-sequence", subject, expected_index, first)
+        if chunk.first_prev is not None and chunk.first_prev != prev:
+            yield Finding("leaf-chain", subject, prev.hex(), chunk.first_prev.hex())
+        if clock is not None and chunk.first_clock is not None and chunk.first_clock < clock:
+            yield Finding(
+                "leaf-backdated",
+                f"{log}#{chunk.first_clock_index}",
+                f">= {clock.isoformat()}",
+                chunk.first_clock.isoformat(),
             )
-            prev, expected_index = real_hash, row.idx + 1
+        yield from chunk.findings
+        for index, real_hash in chunk.leaves:
             hashes.append(real_hash)
             _push(peaks, real_hash)
-            size = row.idx + 1
+            size = index + 1
             if size in checkpoints:
                 root = _root(peaks)
                 if bytes(checkpoints[size].root) != root:
@@ -144,12 +254,50 @@ def _verify_one_log(
                         root.hex(),
                         bytes(checkpoints[size].root).hex(),
                     )
-        if record_check is not None and records:
-            yield from record_check(conn, records)
-        counter.advance(len(rows))
+        prev, expected_index = chunk.leaves[-1][1], chunk.leaves[-1][0] + 1
+        clock = chunk.last_clock or clock
+        counter.advance(len(chunk.leaves))
     for size in sorted(s for s in checkpoints if s > expected_index):
         yield Finding("checkpoint-beyond-log", f"{log}@{size}", expected_index, size)
     yield from _check_nodes(conn, log, hashes)
+
+
+def _check_chunk(
+    conn: Connection, log: str, low: int, high: int, record_check: RecordCheck | None
+) -> _Chunk:
+    """Check the leaves of ``log`` with index in [low, high) against each other and the journal."""
+    rows = conn.execute(
+        sa.select(t.leaves)
+        .where(t.leaves.c.log == log, t.leaves.c.idx >= low, t.leaves.c.idx < high)
+        .order_by(t.leaves.c.idx)
+    ).all()
+    entries = _journal_entries(conn, [r.entry_id for r in rows if r.entry_id is not None])
+    findings: list[Finding] = []
+    leaves: list[tuple[int, bytes]] = []
+    records: list[Leaf] = []
+    clock: list[datetime] = []  # committed_at of the last leaf that parsed
+    chunk = _Chunk(findings, leaves)
+    for row in rows:
+        data = bytes(row.data)
+        real_hash = merkle.leaf_hash(data)
+        subject = f"{log}#{row.idx}"
+        if leaves and row.idx != leaves[-1][0] + 1:
+            findings.append(Finding("leaf-sequence", subject, leaves[-1][0] + 1, row.idx))
+        if bytes(row.hash) != real_hash:
+            findings.append(Finding("leaf-hash", subject, real_hash.hex(), bytes(row.hash).hex()))
+        prev = leaves[-1][1] if leaves else None
+        leaf = _check_leaf(
+            data, subject, log, row.idx, prev, row.entry_id, entries, clock, records, findings
+        )
+        if not leaves and leaf is not None:
+            chunk.first_prev = leaf.prev
+        if chunk.first_clock is None and leaf is not None:
+            chunk.first_clock, chunk.first_clock_index = leaf.committed_at, row.idx
+        leaves.append((row.idx, real_hash))
+    chunk.last_clock = clock[0] if clock else None
+    if record_check is not None and records:
+        findings.extend(record_check(conn, records))
+    return chunk
 
 
 def own_keys(keyring: Iterable[NoteVerifier], log: str) -> list[NoteVerifier]:
@@ -163,50 +311,46 @@ def _check_leaf(
     subject: str,
     log: str,
     index: int,
-    prev: bytes,
+    prev: bytes | None,
     entry_id: UUID | None,
     entries: dict[UUID, dict | None],
     clock: list[datetime],
     records: list[Leaf],
-) -> Iterator[Finding]:
+    findings: list[Finding],
+) -> Leaf | None:
+    """Check one leaf (its chain to ``prev``, unless it is the first of its range); the leaf as
+    read, or None if it does not parse."""
     try:
         leaf = _read_leaf(data)
     except LedgerError as exc:
-        yield Finding("leaf-canonical", subject, "canonical envelope", exc.message)
-        return
+        findings.append(Finding("leaf-canonical", subject, "canonical envelope", exc.message))
+        return None
     # The integrator's clock never runs backwards: an earlier committed_at is a back-dated leaf.
     if clock and leaf.committed_at < clock[0]:
-        yield Finding(
-            "leaf-backdated", subject, f">= {clock[0].isoformat()}", leaf.committed_at.isoformat()
+        findings.append(
+            Finding(
+                "leaf-backdated",
+                subject,
+                f">= {clock[0].isoformat()}",
+                leaf.committed_at.isoformat(),
+            )
         )
     clock[:] = [leaf.committed_at]
     if (leaf.log, leaf.index) != (log, index):
-        yield Finding("leaf-position", subject, (log, index), (leaf.log, leaf.index))
-    if leaf.prev != prev:
-        yield Finding("leaf-chain", subject, prev.hex(), leaf.prev.hex())
+        findings.append(Finding("leaf-position", subject, (log, index), (leaf.log, leaf.index)))
+    if prev is not None and leaf.prev != prev:
+        findings.append(Finding("leaf-chain", subject, prev.hex(), leaf.prev.hex()))
     if leaf.kind in NON_ENTRY_KINDS:
         if leaf.kind != LOG_START:
             records.append(leaf)
-        return
+        return leaf
     if entry_id is None or leaf.body.get("id") != str(entry_id):
-        yield Finding("leaf-entry", subject, str(entry_id), leaf.body.get("id"))
+        findings.append(Finding("leaf-entry", subject, str(entry_id), leaf.body.get("id")))
     elif entries.get(entry_id) != leaf.body:
-        yield Finding("entry-altered", subject, "journal tables equal to the leaf", str(entry_id))
-
-
-def _leaf_batches(conn: Connection, log: str) -> Iterator[list]:
-    last = -1
-    while True:
-        rows = conn.execute(
-            sa.select(t.leaves)
-            .where(t.leaves.c.log == log, t.leaves.c.idx > last)
-            .order_by(t.leaves.c.idx)
-            .limit(_BATCH)
-        ).all()
-        if not rows:
-            return
-        yield rows
-        last = rows[-1].idx
+        findings.append(
+            Finding("entry-altered", subject, "journal tables equal to the leaf", str(entry_id))
+        )
+    return leaf
 
 
 def _read_leaf(data: bytes) -> Leaf:
@@ -255,20 +399,13 @@ def _hex(value: object, length: int) -> bool:
 def _journal_entries(conn: Connection, ids: list[UUID]) -> dict[UUID, dict | None]:
     """The entries as the journal tables hold them now, in leaf-record form.
 
-    Built straight from the rows (:func:`entry_record_from_rows`, the integrator's own way to the
-    record), not through validated :class:`Entry` objects: the record is compared with the leaf
-    whole, so any edit to a row the record holds is found either way. An entry whose rows are gone
-    is missing here, and one whose rows cannot even be spelled (a naive time, say) maps to
-    ``None``; both differ from any leaf body and so are reported as altered.
+    Read the integrator's own way (:meth:`SqlLedgerStore.load_entry_records`), not through
+    validated :class:`Entry` objects: the record is compared with the leaf whole, so any edit to
+    a row the record holds is found either way. An entry whose rows are gone is missing here,
+    and one whose rows cannot even be spelled (a naive time, a malformed id) maps to ``None``;
+    both differ from any leaf body and so are reported as altered.
     """
-    stamp = timestamp_memo()
-    records: dict[UUID, dict | None] = {}
-    for rows in SqlLedgerStore(conn).load_entry_rows(ids):
-        try:
-            records[rows.entry.id] = entry_record_from_rows(rows, stamp)
-        except (LedgerError, ValueError, TypeError, AttributeError):
-            records[rows.entry.id] = None
-    return records
+    return dict(SqlLedgerStore(conn).load_entry_records(ids, timestamp_memo(), strict=False))
 
 
 def _entries_without_leaves(conn: Connection) -> Iterator[Finding]:

@@ -462,19 +462,22 @@ def test_the_cli_shows_progress_of_a_live_verify(
         opened.append(Database.connect(database_url))
         return opened[-1]
 
-    def spying(conn: object, trusted: object, progress: object = None) -> object:
+    workers: list[int] = []
+
+    def spying(conn: object, trusted: object, progress: object = None, **options: int) -> object:
         def relay(phase: str, done: int, total: int) -> None:
             calls.append((phase, done, total))
             progress(phase, done, total)  # type: ignore[operator]
 
-        return verify(conn, trusted, progress=relay if progress is not None else None)  # type: ignore[arg-type]
+        workers.append(options["workers"])
+        return verify(conn, trusted, progress=relay if progress is not None else None, **options)  # type: ignore[arg-type]
 
     monkeypatch.setattr(api.cli, "_database", tracked)
     monkeypatch.setattr(api.cli, "verify_database", spying)
     runner = CliRunner()
     args = ["audit", "verify", "--key", signer.vkey, "--json"]
     shown = runner.invoke(main, [*args, "--progress"])
-    hidden = runner.invoke(main, [*args, "--no-progress"])
+    hidden = runner.invoke(main, [*args, "--no-progress", "--workers", "2"])
     for db in opened:
         db.dispose()
     assert shown.exit_code == 0, shown.output
@@ -487,6 +490,7 @@ def test_the_cli_shows_progress_of_a_live_verify(
     assert hidden.exit_code == 0, hidden.output
     assert len(calls) == count  # no progress callback without --progress
     assert "leaves" not in hidden.stderr
+    assert workers[1] == 2  # --workers reaches the live verifier too
 
 
 # -- the fast canonical check ----------------------------------------------------------------------
