@@ -829,10 +829,10 @@ class Ledger:
     ) -> Booking:
         if not isinstance(key, str) or not 1 <= len(key) <= 200:
             raise InvalidRequest("an idempotency key of 1–200 characters is required")
-        fingerprint = _fingerprint(request)
+        stable = fingerprint(request)
         entry_id = uuid4()
-        if not store.claim_key(actor.idempotency_scope, key, fingerprint, entry_id, self.clock()):
-            return self._replay(store, actor, key, fingerprint)
+        if not store.claim_key(actor.idempotency_scope, key, stable, entry_id, self.clock()):
+            return self._replay(store, actor, key, stable)
         try:
             entry = decide(entry_id, self.clock())
         except BusinessRefusal as refusal:
@@ -844,13 +844,13 @@ class Ledger:
         store.book(entry, self.policy.shards)
         return Booking(entry)
 
-    def _replay(self, store: LedgerStore, actor: Actor, key: str, fingerprint: Any) -> Booking:
+    def _replay(self, store: LedgerStore, actor: Actor, key: str, stable: Fingerprint) -> Booking:
         record = store.idempotency_record(actor.idempotency_scope, key)
-        if record.request_hash != fingerprint.digest:
+        if record.request_hash != stable.digest:
             differing = sorted(
                 name
-                for name in set(record.request) | set(fingerprint.request)
-                if record.request.get(name) != fingerprint.request.get(name)
+                for name in set(record.request) | set(stable.request)
+                if record.request.get(name) != stable.request.get(name)
             )
             raise IdempotencyConflict(
                 key, differing, str(record.entry_id) if record.entry_id else None
@@ -1123,16 +1123,28 @@ def _copy_lots(store: LedgerStore, moves: Sequence[LotMove], member: str) -> lis
 
 
 @dataclass(frozen=True, slots=True)
-class _Fingerprint:
+class Fingerprint:
+    """A request in a stable JSON form and its SHA-256, to recognise a retry."""
+
     request: dict[str, Any]
     digest: bytes
 
+    @property
+    def hex(self) -> str:
+        return self.digest.hex()
 
-def _fingerprint(request: Mapping[str, Any]) -> _Fingerprint:
-    """The request in a stable JSON form and its SHA-256, to recognise a retry."""
-    normal = json.loads(json.dumps(request, sort_keys=True, default=request_json_default))
-    digest = hashlib.sha256(json.dumps(normal, sort_keys=True).encode()).digest()
-    return _Fingerprint(normal, digest)
+
+def fingerprint(request: Mapping[str, Any]) -> Fingerprint:
+    """The request's stable JSON form (times and ids spelled as text) and its SHA-256.
+
+    The one fingerprint of every idempotent write, the kernel's and the partners' layer's: a
+    digest stored under a key must come out the same for the same request, release after
+    release, so its spelling (``json`` with sorted keys and its default separators) never
+    changes. The encoders are made once: ``json.dumps`` with options builds a new one per call.
+    """
+    normal = json.loads(_REQUEST_ENCODER(request))
+    digest = hashlib.sha256(_NORMAL_ENCODER(normal).encode()).digest()
+    return Fingerprint(normal, digest)
 
 
 def request_json_default(value: Any) -> Any:
@@ -1144,3 +1156,7 @@ def request_json_default(value: Any) -> Any:
     if isinstance(value, UUID):
         return str(value)
     raise InvalidRequest(f"cannot use a {type(value).__name__} in a request")
+
+
+_REQUEST_ENCODER = json.JSONEncoder(sort_keys=True, default=request_json_default).encode
+_NORMAL_ENCODER = json.JSONEncoder(sort_keys=True).encode

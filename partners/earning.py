@@ -31,8 +31,6 @@ Every function works inside the caller's transaction and takes the time explicit
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -55,7 +53,7 @@ from ledger.errors import (
 from ledger.model import PROGRAM, Entry, EntryKind, member_account
 from ledger.numbers import parse_amount
 from ledger.repository import SqlLedgerStore
-from ledger.service import Actor, Booking, Ledger, Policy, request_json_default
+from ledger.service import Actor, Booking, Fingerprint, Ledger, Policy, fingerprint
 from partners import directory, members, tiers
 from partners import tables as t
 from partners.errors import PartnersError
@@ -396,7 +394,7 @@ def _earn(
     store: SqlLedgerStore,
     actor: Actor,
     key: str,
-    request: _Request,
+    request: Fingerprint,
     found: members.Member,
     basket: Basket,
     business_time: datetime,
@@ -931,7 +929,7 @@ class _Event:
     business_time: datetime
 
     @property
-    def request(self) -> _Request:
+    def request(self) -> Fingerprint:
         return _request(
             "engage",
             reporter=self.reporter,
@@ -1626,24 +1624,9 @@ def _check_velocity(conn: Connection, member: str, kind: str, points: int, at: d
 # -- idempotency of this layer ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Request:
-    """A business request in stable JSON form and its SHA-256 (the kernel's fingerprint shape)."""
-
-    request: dict[str, Any]
-    digest: bytes
-
-    @property
-    def hex(self) -> str:
-        return self.digest.hex()
-
-
-def _request(op: str, **fields: Any) -> _Request:
-    normal = json.loads(
-        json.dumps({"op": _OP + op, **fields}, sort_keys=True, default=request_json_default)
-    )
-    digest = hashlib.sha256(json.dumps(normal, sort_keys=True).encode()).digest()
-    return _Request(normal, digest)
+def _request(op: str, **fields: Any) -> Fingerprint:
+    """A business request's fingerprint: the kernel's, under an operation name of this layer."""
+    return fingerprint({"op": _OP + op, **fields})
 
 
 def _prior(conn: Connection, actor: Actor, key: str) -> sa.Row | None:
@@ -1659,7 +1642,7 @@ def _is_ours(prior: sa.Row) -> bool:
     return str(prior.request.get("op", "")).startswith(_OP)
 
 
-def _raise_recorded(prior: sa.Row, request: _Request, key: str) -> NoReturn:
+def _raise_recorded(prior: sa.Row, request: Fingerprint, key: str) -> NoReturn:
     """Raise the refusal recorded for this very request, or the conflict of another request."""
     if bytes(prior.request_hash) == request.digest and prior.refusal is not None:
         raise BusinessRefusal.from_record(
@@ -1668,7 +1651,7 @@ def _raise_recorded(prior: sa.Row, request: _Request, key: str) -> NoReturn:
     raise _conflict(prior, request, key)
 
 
-def _recorded_entry(conn: Connection, prior: sa.Row, request: _Request, key: str) -> Entry:
+def _recorded_entry(conn: Connection, prior: sa.Row, request: Fingerprint, key: str) -> Entry:
     """The entry an earlier identical request booked (or its recorded refusal, raised again)."""
     if _is_ours(prior):
         _raise_recorded(prior, request, key)
@@ -1682,7 +1665,7 @@ def _recorded_entry(conn: Connection, prior: sa.Row, request: _Request, key: str
     return SqlLedgerStore(conn).load_entry(prior.entry_id)
 
 
-def _conflict(prior: sa.Row, request: _Request, key: str) -> IdempotencyConflict:
+def _conflict(prior: sa.Row, request: Fingerprint, key: str) -> IdempotencyConflict:
     before, after = prior.request, request.request
     differing = sorted(
         name for name in set(before) | set(after) if before.get(name) != after.get(name)
@@ -1696,7 +1679,7 @@ def _record_refusal(
     conn: Connection,
     actor: Actor,
     key: str,
-    request: _Request,
+    request: Fingerprint,
     refusal: BusinessRefusal,
     now: datetime,
 ) -> None:
