@@ -128,11 +128,20 @@ def verify_database(
     keyring = (
         list(trusted) if trusted is not None else [NoteVerifier.from_vkey(v) for _, v, _ in logs]
     )
+    # The caches are checked beside the leaves (in a worker of their own, with workers), so
+    # their phase ends when the leaves' does.
+    told("caches", 0, 1)
+    logged = verify_log(
+        conn,
+        keyring,
+        record_check=check_audit_leaves,
+        progress=progress,
+        workers=workers,
+        beside=[check_consistency],
+    )
+    told("caches", 1, 1)
     findings = [
-        *phase("caches", lambda: check_consistency(conn)),
-        *verify_log(
-            conn, keyring, record_check=check_audit_leaves, progress=progress, workers=workers
-        ),
+        *logged,
         *phase("audit log", lambda: audit_events_not_logged(conn)),
         *phase("statements", lambda: check_statements(conn, keyring)),
     ]

@@ -23,7 +23,6 @@ import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from multiprocessing import get_context
@@ -68,6 +67,7 @@ def verify_log(
     record_check: RecordCheck | None = None,
     progress: Progress | None = None,
     workers: int = 1,
+    beside: Sequence[SideCheck] = (),
 ) -> list[Finding]:
     """Every finding about every log in the database (empty when all verifies).
 
@@ -76,17 +76,25 @@ def verify_log(
     through its own connection, which is sound because the leaves it is given, and the entries
     they record, are append-only: a worker that reads them after ``conn`` did reads the same
     rows. The findings are the same, in the same order, whatever the number of workers.
+
+    ``beside``: other read-only checks of the database, run while the leaves are checked (in a
+    worker, when there are workers); their findings come first, in their order.
     """
     keyring = list(verifiers)
     findings: list[Finding] = []
     logs = conn.execute(sa.select(t.logs.c.origin).order_by(t.logs.c.opened_at)).scalars().all()
     counter = _Counter(progress, int(conn.scalar(sa.select(sa.func.count()).select_from(t.leaves))))
-    counter.advance(0)
-    with _chunk_checker(conn, record_check, workers) as check_chunks:
+    checker = _Checker(conn, record_check, workers)
+    try:
+        waiting = [checker.side(check) for check in beside]
+        counter.advance(0)
         for log in logs:
-            findings.extend(_verify_one_log(conn, log, keyring, check_chunks, counter))
+            findings.extend(_verify_one_log(conn, log, keyring, checker.ranges, counter))
+        found_beside = [finding for wait in waiting for finding in wait()]
+    finally:
+        checker.close()
     findings.extend(_entries_without_leaves(conn))
-    return findings
+    return found_beside + findings
 
 
 class _Counter:
@@ -122,48 +130,54 @@ class _Chunk:
     last_clock: datetime | None = None
 
 
-#: Checks the ranges [low, high) of a log's leaves; yields their results in the order asked.
-ChunkChecker = Callable[[str, Iterable[tuple[int, int]]], Iterator[_Chunk]]
+#: A read-only check of the whole database (the caches'), run beside the leaves.
+SideCheck = Callable[[Connection], Iterable[Finding]]
 
 
-@contextmanager
-def _chunk_checker(
-    conn: Connection, record_check: RecordCheck | None, workers: int
-) -> Iterator[ChunkChecker]:
-    engine = conn.engine
-    shareable = not (
-        engine.dialect.name == "sqlite" and engine.url.database in (None, "", ":memory:")
-    )
-    if workers <= 1 or not shareable or sys.platform != "linux":
+class _Checker:
+    """Checks ranges of leaves, and side checks, here (one process) or in forked workers."""
 
-        def here(log: str, ranges: Iterable[tuple[int, int]]) -> Iterator[_Chunk]:
+    def __init__(self, conn: Connection, record_check: RecordCheck | None, workers: int) -> None:
+        self.conn, self.record_check, self.workers = conn, record_check, workers
+        engine = conn.engine
+        shareable = not (
+            engine.dialect.name == "sqlite" and engine.url.database in (None, "", ":memory:")
+        )
+        self.pool: ProcessPoolExecutor | None = None
+        if workers > 1 and shareable and sys.platform == "linux":
+            # Forked: the workers inherit the engine and the record check (neither need be
+            # picklable); each drops the pooled connections it inherited and opens its own.
+            self.pool = ProcessPoolExecutor(
+                workers,
+                mp_context=get_context("fork"),
+                initializer=_start_worker,
+                initargs=(engine, record_check),
+            )
+
+    def side(self, check: SideCheck) -> Callable[[], list[Finding]]:
+        """Start ``check`` (a module-level function) and return how to wait for its findings."""
+        if self.pool is None:
+            found = list(check(self.conn))
+            return lambda: found
+        return self.pool.submit(_worker_side, check).result
+
+    def ranges(self, log: str, ranges: Iterable[tuple[int, int]]) -> Iterator[_Chunk]:
+        """The results of the ranges [low, high) of ``log``'s leaves, in the order given."""
+        if self.pool is None:
             for low, high in ranges:
-                yield _check_chunk(conn, log, low, high, record_check)
-
-        yield here
-        return
-    # Forked: the workers inherit the engine and the record check (neither need be picklable);
-    # each drops the pooled connections it inherited and opens its own.
-    pool = ProcessPoolExecutor(
-        workers,
-        mp_context=get_context("fork"),
-        initializer=_start_worker,
-        initargs=(engine, record_check),
-    )
-
-    def forked(log: str, ranges: Iterable[tuple[int, int]]) -> Iterator[_Chunk]:
+                yield _check_chunk(self.conn, log, low, high, self.record_check)
+            return
         pending: deque[Future[_Chunk]] = deque()
         for low, high in ranges:
-            pending.append(pool.submit(_worker_chunk, log, low, high))
-            if len(pending) > 2 * workers:  # a bounded window keeps memory flat
+            pending.append(self.pool.submit(_worker_chunk, log, low, high))
+            if len(pending) > 2 * self.workers:  # a bounded window keeps memory flat
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
 
-    try:
-        yield forked
-    finally:
-        pool.shutdown(cancel_futures=True)
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
 
 
 _worker: tuple[Engine, RecordCheck | None] | None = None
@@ -182,11 +196,17 @@ def _worker_chunk(log: str, low: int, high: int) -> _Chunk:
         return _check_chunk(conn, log, low, high, record_check)
 
 
+def _worker_side(check: SideCheck) -> list[Finding]:
+    assert _worker is not None
+    with reader(_worker[0]) as conn:
+        return list(check(conn))
+
+
 def _verify_one_log(
     conn: Connection,
     log: str,
     keyring: list[NoteVerifier],
-    check_chunks: ChunkChecker,
+    check_chunks: Callable[[str, Iterable[tuple[int, int]]], Iterator[_Chunk]],
     counter: _Counter,
 ) -> Iterator[Finding]:
     checkpoints = {
