@@ -461,7 +461,8 @@ def demo(
             if key_path.exists()
             else create_key(key_path, "demo.coalition.local/ledger")
         )
-        integrator = log_integrator(signer)
+        # One batch a day: the day's leaves in one transaction, under one checkpoint.
+        integrator = log_integrator(signer, batch_size=5_000)
         kernel = Ledger(Policy(hold_ttl=timedelta(hours=2)), clock=clock)
         world = World(db, kernel, clock, random.Random(seed))  # noqa: S311  (a simulation)
         master_key = MasterKey.generate("demo-master")
