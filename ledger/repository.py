@@ -459,21 +459,22 @@ class SqlLedgerStore:
                 ).where(among(e.id))
             ).all()
         }
-        postings: dict[str, list[Any]] = {k: [] for k in entries}
-        lots: dict[str, list[Any]] = {k: [] for k in entries}
-        moves: dict[str, list[Any]] = {k: [] for k in entries}
-        releases: dict[str, list[Any]] = {k: [] for k in entries}
-        p = t.postings.c
-        query = (
+
+        def grouped(query: sa.Select) -> dict[str, list[Any]]:
+            """The query's rows by the entry (as text) their first column names, in order."""
+            found: dict[str, list[Any]] = {k: [] for k in entries}
+            for row in self.conn.execute(query).all():
+                if row[0] in found:
+                    found[row[0]].append(row)
+            return found
+
+        p, lo, m, r = t.postings.c, t.lots.c, t.lot_moves.c, t.lot_releases.c
+        postings = grouped(
             sa.select(text(p.entry_id), p.account, p.amount)
             .where(among(p.entry_id))
             .order_by(p.entry_id, p.line)
         )
-        for row in self.conn.execute(query).all():
-            if row[0] in postings:
-                postings[row[0]].append(row)
-        lo = t.lots.c
-        query = (
+        lots = grouped(
             sa.select(
                 text(lo.opened_by),
                 text(lo.id),
@@ -488,27 +489,16 @@ class SqlLedgerStore:
             .where(among(lo.opened_by))
             .order_by(lo.opened_by, lo.funder, lo.id)
         )
-        for row in self.conn.execute(query).all():
-            if row[0] in lots:
-                lots[row[0]].append(row)
-        m = t.lot_moves.c
-        query = (
+        moves = grouped(
             sa.select(text(m.entry_id), text(m.lot_id), m.delta)
             .where(among(m.entry_id))
             .order_by(m.entry_id, m.line)
         )
-        for row in self.conn.execute(query).all():
-            if row[0] in moves:
-                moves[row[0]].append(row)
-        r = t.lot_releases.c
-        query = (
+        releases = grouped(
             sa.select(text(r.entry_id), text(r.lot_id))
             .where(among(r.entry_id))
             .order_by(r.entry_id, r.lot_id)
         )
-        for row in self.conn.execute(query).all():
-            if row[0] in releases:
-                releases[row[0]].append(row)
 
         def record(row: Any) -> dict[str, Any]:
             k = row[0]
