@@ -14,6 +14,7 @@ idempotency record, which must survive so a retry is refused the same way.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -202,13 +203,16 @@ def _converter(column_type: Any, dialect: sa.Dialect) -> Callable[[Any], Any] | 
     return remembered
 
 
-_plans: dict[tuple[sa.Dialect, sa.Table, tuple[str, ...]], _InsertPlan] = {}
+#: Plans per dialect (each engine has its own, with its own JSON serialiser), dropped with it.
+_plans: weakref.WeakKeyDictionary[sa.Dialect, dict[tuple[sa.Table, tuple[str, ...]], _InsertPlan]]
+_plans = weakref.WeakKeyDictionary()
 
 
 def _insert_plan(dialect: sa.Dialect, table: sa.Table, keys: tuple[str, ...]) -> _InsertPlan:
-    plan = _plans.get((dialect, table, keys))
+    plans = _plans.setdefault(dialect, {})
+    plan = plans.get((table, keys))
     if plan is None:
-        plan = _plans[(dialect, table, keys)] = _InsertPlan(dialect, table, keys)
+        plan = plans[(table, keys)] = _InsertPlan(dialect, table, keys)
     return plan
 
 

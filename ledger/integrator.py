@@ -34,7 +34,7 @@ from ledger import merkle
 from ledger.canonical import canonical_bytes
 from ledger.db import Database
 from ledger.errors import LedgerError
-from ledger.journal import GENESIS_PREV, LOG_START, envelope_bytes, timestamp_memo
+from ledger.journal import GENESIS_PREV, LOG_START, envelope_bytes
 from ledger.logstore import SqlLogStore
 from ledger.note import Checkpoint, NoteSigner
 from ledger.repository import SqlLedgerStore
@@ -134,7 +134,7 @@ class Integrator:
         """
         queued = SqlLogStore(conn).queued(limit or self.batch_size, after=after)
         positions = {entry_id: seq for seq, entry_id in queued}
-        records = SqlLedgerStore(conn).load_entry_records(list(positions), timestamp_memo())
+        records = SqlLedgerStore(conn).load_entry_records(list(positions))
         return [
             PreparedBody(positions[entry_id], entry_id, record["kind"], canonical_bytes(record))
             for entry_id, record in records
@@ -170,7 +170,7 @@ class Integrator:
         # (tests/integration/test_entry_records_fast.py).
         read = dict(
             SqlLedgerStore(conn).load_entry_records(
-                [entry_id for _, entry_id in queued if entry_id not in given], timestamp_memo()
+                [entry_id for _, entry_id in queued if entry_id not in given]
             )
         )
         records: list[tuple[str, bytes, UUID | None]] = []

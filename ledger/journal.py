@@ -25,7 +25,6 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -42,7 +41,6 @@ from ledger.canonical import (
 from ledger.errors import ProfileError
 from ledger.merkle import leaf_hash
 from ledger.model import Entry, EntryKind, Lot, LotMove, Posting
-from ledger.repository import EntryRows
 
 ENVELOPE_VERSION = 1
 GENESIS_PREV = bytes(32)
@@ -88,68 +86,6 @@ def entry_record(entry: Entry) -> dict[str, Any]:
         "lot_moves": [{"lot": format_uuid(m.lot_id), "delta": m.delta} for m in entry.lot_moves],
         "lots_released": [format_uuid(lot_id) for lot_id in entry.released_lots],
         "attributes": dict(entry.attributes),
-    }
-
-
-def timestamp_memo() -> Callable[[datetime], str]:
-    """:func:`format_timestamp` remembering what it wrote, for one batch of records.
-
-    The spelling is a function of the instant alone, and equal aware datetimes are the same
-    instant, so a remembered spelling is the spelling (a naive datetime never equals an aware
-    one, and is refused as always). A batch's entries share a few instants: its day's business
-    time, booking time, lot expiry.
-    """
-    memo: dict[datetime, str] = {}
-
-    def stamp(moment: datetime) -> str:
-        text = memo.get(moment)
-        if text is None:
-            text = memo[moment] = format_timestamp(moment)
-        return text
-
-    return stamp
-
-
-def entry_record_from_rows(
-    rows: EntryRows, stamp: Callable[[datetime], str] = format_timestamp
-) -> dict[str, Any]:
-    """:func:`entry_record` of a stored entry, straight from its rows.
-
-    The same dictionary as ``entry_record(store.load_entries([id])[0])``, key for key and in the
-    same order of lists, without building and re-validating the :class:`Entry` first (it was
-    validated when booked). ``stamp`` spells the times (:func:`timestamp_memo` for a batch). The
-    integrator reads its records quicker still, without the rows' UUID and datetime objects, with
-    ``SqlLedgerStore.load_entry_records``, which tests/integration/test_entry_records_fast.py
-    holds to this function.
-    """
-    row = rows.entry
-    return {
-        "id": format_uuid(row.id),
-        "kind": row.kind,
-        "business_time": stamp(row.business_time),
-        "booked_at": stamp(row.booked_at),
-        "partner": row.partner,
-        "credential": row.credential,
-        "idempotency_key": row.idempotency_key,
-        "refers_to": format_uuid(row.refers_to) if row.refers_to else None,
-        "reason": row.reason,
-        "postings": [{"account": p.account, "amount": p.amount} for p in rows.postings],
-        "lots_opened": [
-            {
-                "id": format_uuid(lot.id),
-                "member": lot.member,
-                "funder": lot.funder,
-                "amount": lot.amount,
-                "earned_at": stamp(lot.earned_at),
-                "expires_at": stamp(lot.expires_at) if lot.expires_at else None,
-                "pending_until": stamp(lot.pending_until) if lot.pending_until else None,
-                "price_version": lot.price_version,
-            }
-            for lot in rows.lots
-        ],
-        "lot_moves": [{"lot": format_uuid(m.lot_id), "delta": m.delta} for m in rows.moves],
-        "lots_released": [format_uuid(lot_id) for lot_id in rows.releases],
-        "attributes": dict(row.attributes),
     }
 
 
@@ -230,7 +166,7 @@ def envelope_bytes(
     return b"".join(
         (
             b'{"committed_at":"',
-            _committed(committed_at)[0].encode(),
+            format_timestamp(committed_at).encode(),
             b'","entry":',
             body,
             b',"index":',
@@ -258,7 +194,7 @@ def _json_string(text: str) -> bytes:
 def _committed(moment: datetime) -> tuple[str, datetime]:
     """A leaf's ``committed_at`` as spelled and as read back, remembered: an integration batch
     commits all its leaves at one instant. Equal aware datetimes are one instant, hence one
-    spelling (see :func:`timestamp_memo`); a naive one raises and is never remembered."""
+    spelling; a naive one raises and is never remembered."""
     text = format_timestamp(moment)
     return text, parse_timestamp(text)
 

@@ -44,7 +44,6 @@ from ledger.journal import (
     NON_ENTRY_KINDS,
     Leaf,
     parse_leaf,
-    timestamp_memo,
 )
 from ledger.note import NoteVerifier, open_checkpoint
 from ledger.repository import SqlLedgerStore
@@ -84,7 +83,8 @@ def verify_log(
     findings: list[Finding] = []
     logs = conn.execute(sa.select(t.logs.c.origin).order_by(t.logs.c.opened_at)).scalars().all()
     counter = _Counter(progress, int(conn.scalar(sa.select(sa.func.count()).select_from(t.leaves))))
-    checker = _Checker(conn, record_check, workers)
+    # One range or less is checked here: forking workers would cost more than it saves.
+    checker = _Checker(conn, record_check, workers if counter.total > _BATCH else 1)
     try:
         waiting = [checker.side(check) for check in beside]
         counter.advance(0)
@@ -425,7 +425,7 @@ def _journal_entries(conn: Connection, ids: list[UUID]) -> dict[UUID, dict | Non
     and one whose rows cannot even be spelled (a naive time, a malformed id) maps to ``None``;
     both differ from any leaf body and so are reported as altered.
     """
-    return dict(SqlLedgerStore(conn).load_entry_records(ids, timestamp_memo(), strict=False))
+    return dict(SqlLedgerStore(conn).load_entry_records(ids, strict=False))
 
 
 def _entries_without_leaves(conn: Connection) -> Iterator[Finding]:

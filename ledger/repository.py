@@ -383,24 +383,16 @@ class SqlLedgerStore:
 
     @overload
     def load_entry_records(
-        self,
-        ids: Sequence[UUID],
-        stamp: Callable[[datetime], str] = ...,
-        *,
-        strict: Literal[True] = ...,
+        self, ids: Sequence[UUID], *, strict: Literal[True] = ...
     ) -> list[tuple[UUID, dict[str, Any]]]: ...
 
     @overload
     def load_entry_records(
-        self, ids: Sequence[UUID], stamp: Callable[[datetime], str] = ..., *, strict: bool
+        self, ids: Sequence[UUID], *, strict: bool
     ) -> list[tuple[UUID, dict[str, Any] | None]]: ...
 
     def load_entry_records(
-        self,
-        ids: Sequence[UUID],
-        stamp: Callable[[datetime], str] = format_timestamp,
-        *,
-        strict: bool = True,
+        self, ids: Sequence[UUID], *, strict: bool = True
     ) -> list[tuple[UUID, dict[str, Any] | None]]:
         """The leaf records (``ledger.journal.entry_record``) of stored entries, in the order asked.
 
@@ -414,8 +406,8 @@ class SqlLedgerStore:
           building a :class:`UUID` (SQLite stores 32 lowercase hex digits, PostgreSQL's
           ``uuid::text`` is already canonical; anything else is parsed as the ``Uuid`` type
           would, then spelled);
-        - a time through the column type's own result processor and ``stamp``, once per distinct
-          stored value (a batch's entries share a few instants);
+        - a time through the column type's own result processor and :func:`format_timestamp`,
+          once per distinct stored value (a batch's entries share a few instants);
         - the attributes as the driver parsed them (PostgreSQL) or, where it gives the stored
           text (SQLite), parsed by orjson rather than the ``JSON`` type's ``json.loads``, four
           times slower: the two agree on every text whose value is inside the hashed-data
@@ -423,9 +415,9 @@ class SqlLedgerStore:
           of which a leaf can hold).
 
         The order of every list is :meth:`load_entry_rows`' (postings and moves by line, lots by
-        (funder, id), releases by lot id), so a record equals
-        ``entry_record_from_rows(rows, stamp)`` key for key (tests/integration/
-        test_entry_records_fast.py holds them together). Entries not stored are left out. An
+        (funder, id), releases by lot id), so a record equals ``entry_record`` of the entry
+        :meth:`load_entries` reads, key for key (tests/integration/test_entry_records_fast.py
+        holds them together). Entries not stored are left out. An
         entry whose rows cannot be spelled raises, or with ``strict=False`` maps to ``None`` (the
         verifier reports it as altered, whatever the other entries say).
         """
@@ -435,7 +427,7 @@ class SqlLedgerStore:
         dialect = self.conn.dialect
         text = _id_as_text(dialect)
         key: Callable[[UUID], str] = str if dialect.name == "postgresql" else _hex
-        spell_time = _time_speller(dialect, stamp)
+        spell_time = _time_speller(dialect)
         attributes = t.entries.c.attributes
         parsed = attributes.type.dialect_impl(dialect).result_processor(dialect, None) is None
         load_json: Callable[[Any], Any] = dict if parsed else orjson.loads
@@ -715,17 +707,18 @@ def _uuid_text(raw: str) -> str:
     return format_uuid(UUID(raw))
 
 
-def _time_speller(dialect: sa.Dialect, stamp: Callable[[datetime], str]) -> Callable[[Any], str]:
+def _time_speller(dialect: sa.Dialect) -> Callable[[Any], str]:
     """Spell a time column read without result processing: through :class:`UTCDateTime`'s own
     processor on this dialect (SQLite text → aware datetime; PostgreSQL's datetime → UTC), then
-    ``stamp``; remembered per stored value, since equal stored values are the same instant."""
+    :func:`format_timestamp`; remembered per stored value, since equal stored values are the
+    same instant."""
     process = t.entries.c.booked_at.type.dialect_impl(dialect).result_processor(dialect, None)
     memo: dict[Any, str] = {}
 
     def spell(raw: Any) -> str:
         text = memo.get(raw)
         if text is None:
-            text = memo[raw] = stamp(process(raw) if process is not None else raw)
+            text = memo[raw] = format_timestamp(process(raw) if process is not None else raw)
         return text
 
     return spell
