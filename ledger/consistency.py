@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ledger import tables as t
-from ledger.model import Account
+from ledger.model import Account, AccountKind, Book
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,13 +34,14 @@ class Finding:
 
 def check_consistency(conn: Connection) -> list[Finding]:
     """Run every check and return all findings (empty when the ledger is consistent)."""
+    balances = recomputed_balances(conn)  # one pass over the postings serves four checks
     return [
-        *check_books_balance(conn),
+        *check_books_balance(balances),
         *check_entries_balance(conn),
-        *check_cached_balances(conn),
-        *check_member_floors(conn),
+        *check_cached_balances(conn, balances),
+        *check_member_floors(balances),
         *check_lot_remainders(conn),
-        *check_lots_cover_members(conn),
+        *check_lots_cover_members(conn, balances),
     ]
 
 
@@ -59,54 +60,67 @@ def cached_balances(conn: Connection) -> dict[str, int]:
     return {account: int(total) for account, total in conn.execute(query)}
 
 
-def check_books_balance(conn: Connection) -> list[Finding]:
-    """Each book (POINTS, EUR) sums to zero over all postings."""
+def check_books_balance(balances: dict[str, int]) -> list[Finding]:
+    """Each book (POINTS, EUR) sums to zero over all postings (``balances``: recomputed)."""
     totals: dict[str, int] = {"POINTS": 0, "EUR": 0}
-    for account, total in recomputed_balances(conn).items():
+    for account, total in balances.items():
         totals[Account.parse(account).book.value] += total
     return [Finding("book-sum", book, 0, total) for book, total in totals.items() if total]
 
 
 def check_entries_balance(conn: Connection) -> list[Finding]:
-    """Every entry has ≥ 2 postings and sums to zero in each book (as stored, not as built)."""
+    """Every entry has ≥ 2 postings and sums to zero in each book (as stored, not as built).
+
+    Summed by the database, per entry and book, so only the entries that break the rule reach
+    Python: the journal holds a few postings per entry, and this check reads them all.
+    """
+    p = t.postings.c
+    eur = _in_book(p.account, Book.EUR)
+    points = sa.func.sum(sa.case((eur, 0), else_=p.amount))
+    euros = sa.func.sum(sa.case((eur, p.amount), else_=0))
+    postings = sa.func.count()
+    query = (
+        sa.select(p.entry_id, points, euros, postings)
+        .group_by(p.entry_id)
+        .having(sa.or_(points != 0, euros != 0, postings < 2))
+        .order_by(p.entry_id)
+    )
     findings = []
-    rows = conn.execute(
-        sa.select(t.postings.c.entry_id, t.postings.c.account, t.postings.c.amount)
-    ).all()
-    per_entry: dict[object, dict[str, int]] = {}
-    counts: dict[object, int] = {}
-    for entry_id, account, amount in rows:
-        book = Account.parse(account).book.value
-        per_entry.setdefault(entry_id, {}).setdefault(book, 0)
-        per_entry[entry_id][book] += amount
-        counts[entry_id] = counts.get(entry_id, 0) + 1
-    for entry_id, books in per_entry.items():
-        findings.extend(
-            Finding("entry-balance", f"{entry_id} {book}", 0, total)
-            for book, total in books.items()
-            if total
-        )
-        if counts[entry_id] < 2:
-            findings.append(Finding("entry-postings", str(entry_id), 2, counts[entry_id]))
+    for entry_id, points_total, euros_total, count in conn.execute(query):
+        for book, total in ((Book.POINTS, points_total), (Book.EUR, euros_total)):
+            if total:
+                findings.append(Finding("entry-balance", f"{entry_id} {book.value}", 0, total))
+        if count < 2:
+            findings.append(Finding("entry-postings", str(entry_id), 2, count))
     return findings
 
 
-def check_cached_balances(conn: Connection) -> list[Finding]:
-    """The running balances equal the balances recomputed from postings."""
-    computed = recomputed_balances(conn)
+def _in_book(account: sa.ColumnElement[str], book: Book) -> sa.ColumnElement[bool]:
+    """SQL: the account code names an account of ``book`` (from the chart of accounts)."""
+    codes = []
+    for kind in AccountKind:
+        if kind.book is book:
+            scope, role = kind.value.split(":")
+            owned = scope in ("member", "partner")
+            codes.append(account.like(f"{scope}:%:{role}") if owned else account == kind.value)
+    return sa.or_(*codes)
+
+
+def check_cached_balances(conn: Connection, balances: dict[str, int]) -> list[Finding]:
+    """The running balances equal the balances recomputed from postings (``balances``)."""
     cached = cached_balances(conn)
     return [
-        Finding("cached-balance", account, computed.get(account, 0), cached.get(account, 0))
-        for account in sorted(set(computed) | set(cached))
-        if computed.get(account, 0) != cached.get(account, 0)
+        Finding("cached-balance", account, balances.get(account, 0), cached.get(account, 0))
+        for account in sorted(set(balances) | set(cached))
+        if balances.get(account, 0) != cached.get(account, 0)
     ]
 
 
-def check_member_floors(conn: Connection) -> list[Finding]:
-    """No member account is below zero."""
+def check_member_floors(balances: dict[str, int]) -> list[Finding]:
+    """No member account is below zero (``balances``: recomputed from postings)."""
     return [
         Finding("negative-balance", account, 0, total)
-        for account, total in recomputed_balances(conn).items()
+        for account, total in balances.items()
         if total < 0 and Account.parse(account).never_negative
     ]
 
@@ -128,9 +142,9 @@ def check_lot_remainders(conn: Connection) -> list[Finding]:
     ]
 
 
-def check_lots_cover_members(conn: Connection) -> list[Finding]:
-    """A member's released lots hold its available + held points; pending lots its pending ones."""
-    balances = recomputed_balances(conn)
+def check_lots_cover_members(conn: Connection, balances: dict[str, int]) -> list[Finding]:
+    """A member's released lots hold its available + held points; pending lots its pending ones
+    (``balances``: recomputed from postings)."""
     query = sa.select(t.lots.c.member, t.lots.c.pending, sa.func.sum(t.lots.c.remaining)).group_by(
         t.lots.c.member, t.lots.c.pending
     )

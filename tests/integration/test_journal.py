@@ -460,6 +460,38 @@ def test_editing_both_postings_of_an_entry_is_found(
     assert "entry-balance" not in checks(report.findings)
 
 
+def test_a_posting_moved_to_the_other_book_or_deleted_is_found(
+    books: Books, logged: list[UUID], signer: NoteSigner
+) -> None:
+    """The entry checks sum each book apart: a points posting moved to a euro account unbalances
+    both books of its entry; an entry left with one posting is named as such."""
+    moved, cut = logged[4], logged[5]
+    p = t.postings.c
+    with tampering(books.db) as conn:
+        credit = conn.scalar(sa.select(p.amount).where(p.entry_id == moved, p.amount > 0))
+        conn.execute(  # operator:bank is one of the accounts every ledger opens
+            t.postings.update()
+            .where(p.entry_id == moved, p.amount > 0)
+            .values(account="operator:bank")
+        )
+        kept = conn.scalar(sa.select(p.amount).where(p.entry_id == cut, p.amount > 0))
+        conn.execute(t.postings.delete().where(p.entry_id == cut, p.amount < 0))
+    with books.db.engine.connect() as conn:
+        report = verify_database(conn, [signer.verifier])
+    entry_findings = [f for f in report.findings if f.check in ("entry-balance", "entry-postings")]
+    expected = {  # the findings come entry by entry, in the order of their ids
+        moved: [
+            Finding("entry-balance", f"{moved} POINTS", 0, -credit),
+            Finding("entry-balance", f"{moved} EUR", 0, credit),
+        ],
+        cut: [
+            Finding("entry-balance", f"{cut} POINTS", 0, kept),
+            Finding("entry-postings", str(cut), 2, 1),
+        ],
+    }
+    assert entry_findings == [f for entry in sorted(expected, key=str) for f in expected[entry]]
+
+
 # -- key rotation -------------------------------------------------------------------------------
 
 
