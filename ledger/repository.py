@@ -12,6 +12,7 @@ deadlock. SQLite serialises writers with ``BEGIN IMMEDIATE`` instead.
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -27,7 +28,7 @@ from sqlalchemy.engine import Connection
 
 from ledger import tables as t
 from ledger.canonical import format_timestamp, format_uuid
-from ledger.db import insert_many
+from ledger.db import JSONText, insert_many
 from ledger.errors import BusinessRefusal, LedgerError, UnknownAccount, UnknownEntry
 from ledger.model import Account, Entry, EntryKind, Lot, LotMove, Posting
 
@@ -756,7 +757,7 @@ class _Claim:
     credential: str
     key: str
     request_hash: bytes
-    request: dict[str, Any]
+    request: JSONText
     entry_id: UUID | None
     refusal: dict[str, Any] | None
     created_at: datetime
@@ -1004,7 +1005,7 @@ class BufferedStore:
         if pair in self._keys:
             return False
         self._keys[pair] = _Claim(
-            credential, key, fingerprint.digest, fingerprint.request, entry_id, None, now
+            credential, key, fingerprint.digest, fingerprint.text, entry_id, None, now
         )
         return True
 
@@ -1019,7 +1020,8 @@ class BufferedStore:
         claim = self._keys.get((credential, key))
         if claim is None:
             return self.inner.idempotency_record(credential, key)
-        return IdempotencyRecord(claim.request, claim.request_hash, claim.entry_id, claim.refusal)
+        request = json.loads(claim.request)
+        return IdempotencyRecord(request, claim.request_hash, claim.entry_id, claim.refusal)
 
     def record_refusal(self, credential: str, key: str, refusal: BusinessRefusal) -> None:
         claim = self._keys.get((credential, key))

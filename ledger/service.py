@@ -29,6 +29,7 @@ from typing import Any
 from uuid import UUID, uuid4
 
 from ledger.canonical import format_timestamp
+from ledger.db import JSONText
 from ledger.errors import (
     BusinessRefusal,
     CaptureExceedsHold,
@@ -1126,8 +1127,14 @@ def _copy_lots(store: LedgerStore, moves: Sequence[LotMove], member: str) -> lis
 class Fingerprint:
     """A request in a stable JSON form and its SHA-256, to recognise a retry."""
 
-    request: dict[str, Any]
+    text: JSONText
+    """The request as JSON, keys sorted, times and ids spelled as text: what is stored."""
     digest: bytes
+
+    @property
+    def request(self) -> dict[str, Any]:
+        """The stable form as values (to name the fields in which two requests differ)."""
+        return dict(json.loads(self.text))
 
     @property
     def hex(self) -> str:
@@ -1140,11 +1147,12 @@ def fingerprint(request: Mapping[str, Any]) -> Fingerprint:
     The one fingerprint of every idempotent write, the kernel's and the partners' layer's: a
     digest stored under a key must come out the same for the same request, release after
     release, so its spelling (``json`` with sorted keys and its default separators) never
-    changes. The encoders are made once: ``json.dumps`` with options builds a new one per call.
+    changes (tests/unit/test_fingerprint.py). The text is hashed and stored as made: a request
+    is encoded once per write, which matters on the bulk paths. The encoder is made once:
+    ``json.dumps`` with options builds a new one per call.
     """
-    normal = json.loads(_REQUEST_ENCODER(request))
-    digest = hashlib.sha256(_NORMAL_ENCODER(normal).encode()).digest()
-    return Fingerprint(normal, digest)
+    text = _REQUEST_ENCODER(request)
+    return Fingerprint(JSONText(text), hashlib.sha256(text.encode()).digest())
 
 
 def request_json_default(value: Any) -> Any:
@@ -1159,4 +1167,3 @@ def request_json_default(value: Any) -> Any:
 
 
 _REQUEST_ENCODER = json.JSONEncoder(sort_keys=True, default=request_json_default).encode
-_NORMAL_ENCODER = json.JSONEncoder(sort_keys=True).encode

@@ -19,6 +19,7 @@ from sqlalchemy.engine import Connection
 
 from ledger import tables as t
 from ledger.db import Database, insert_many
+from ledger.service import fingerprint
 
 T0 = datetime(2026, 3, 2, 9, 30, 0, 123456, tzinfo=UTC)
 PARIS = timezone(timedelta(hours=1))
@@ -127,3 +128,18 @@ def test_a_naive_time_is_refused_as_by_the_generic_insert(db: Database) -> None:
         conn.execute(t.accounts.insert(), [row])
     with db.engine.connect() as conn, pytest.raises(ValueError, match="naive"):
         insert_many(conn, t.accounts, [row])
+
+
+def test_json_text_is_stored_as_written_and_reads_back_as_its_value(db: Database) -> None:
+    """A request's fingerprint text goes into a JSON column as it is (not serialised again)."""
+    request = fingerprint({"op": "earn", "at": T0, "note": "2 × 3 € \u2028", "n": 2**53 - 1})
+    row = {**_rows()[t.idempotency][0], "request": request.text}
+    with db.engine.connect() as conn:
+        transaction = conn.begin()
+        insert_many(conn, t.idempotency, [row])
+        stored = conn.exec_driver_sql("SELECT request FROM idempotency").scalar_one()
+        read = conn.scalar(sa.select(t.idempotency.c.request))
+        transaction.rollback()
+    # SQLite keeps the text; psycopg hands a json column back parsed.
+    assert stored == (request.text if db.engine.dialect.name == "sqlite" else request.request)
+    assert read == request.request
