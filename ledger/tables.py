@@ -61,7 +61,8 @@ postings = sa.Table(
     sa.Column("line", sa.SmallInteger(), primary_key=True),
     sa.Column("account", sa.String(100), sa.ForeignKey("accounts.code"), nullable=False),
     sa.Column("amount", sa.BigInteger(), nullable=False),
-    sa.Index("ix_postings_account_entry", "account", "entry_id"),
+    # With the amount, an account's postings are summed from the index alone (migration 0011).
+    sa.Index("ix_postings_account_entry_amount", "account", "entry_id", "amount"),
 )
 
 #: The predicates of the lots' partial indexes (the daily jobs' queries use these very terms, so
