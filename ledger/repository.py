@@ -437,7 +437,8 @@ class SqlLedgerStore:
         e = t.entries.c
         entries = {
             row[0]: row
-            for row in self.conn.execute(
+            for row in _plain_rows(
+                self.conn,
                 sa.select(
                     text(e.id),
                     e.kind,
@@ -449,14 +450,14 @@ class SqlLedgerStore:
                     text(e.refers_to),
                     e.reason,
                     sa.type_coerce(attributes, sa.String),
-                ).where(among(e.id))
-            ).all()
+                ).where(among(e.id)),
+            )
         }
 
         def grouped(query: sa.Select) -> dict[str, list[Any]]:
             """The query's rows by the entry (as text) their first column names, in order."""
             found: dict[str, list[Any]] = {k: [] for k in entries}
-            for row in self.conn.execute(query).all():
+            for row in _plain_rows(self.conn, query):
                 if row[0] in found:
                     found[row[0]].append(row)
             return found
@@ -723,6 +724,13 @@ def _time_speller(dialect: sa.Dialect) -> Callable[[Any], str]:
         return text
 
     return spell
+
+
+def _plain_rows(conn: Connection, query: sa.Select) -> list[tuple[Any, ...]]:
+    """The query's rows as the driver returns them, for a query whose every column needs no
+    result processing (text, integers): reading the rows costs less than building SQLAlchemy's
+    row objects from them, and unpacking those again."""
+    return list(conn.execute(query).cursor.fetchall())
 
 
 def _lot_state(row: Any) -> LotState:
