@@ -23,6 +23,7 @@ import click
 import sqlalchemy as sa
 
 import ledger.tables  # noqa: F401  (registers the tables)
+from api.batchwork import collecting_less
 from api.config import Settings
 from audit.bundle import export_database, verify_bundle
 from audit.log import log_integrator
@@ -118,7 +119,8 @@ def integrate(once: bool, batch_size: int, interval: float) -> None:
     settings = Settings.from_env()
     db, integrator = _database(settings), log_integrator(_signer(settings), batch_size)
     while True:
-        appended = integrator.integrate_all(db)
+        with collecting_less():
+            appended = integrator.integrate_all(db)
         if appended:
             click.echo(f"integrated {appended} entries")
         if once:
@@ -232,11 +234,15 @@ def audit_verify(
     trusted = [NoteVerifier.from_vkey(k) for k in keys_] or None
     show = sys.stderr.isatty() if progress is None else progress
     if bundle is not None:
-        with _progress(show) as report_progress:
+        with _progress(show) as report_progress, collecting_less():
             report = verify_bundle(bundle, trusted, workers=workers, progress=report_progress)
     else:
         db = _database(Settings.from_env())
-        with db.engine.connect() as conn, _progress(show, in_bytes=False) as report_progress:
+        with (
+            db.engine.connect() as conn,
+            _progress(show, in_bytes=False) as report_progress,
+            collecting_less(),
+        ):
             report = verify_database(conn, trusted, progress=report_progress, workers=workers)
     click.echo(json.dumps(report.to_json(), indent=2) if as_json else report.to_text())
     sys.exit(0 if report.ok else 1)
@@ -301,7 +307,8 @@ def audit_export(out: Path, fmt: str) -> None:
         return
     if out.exists() and not out.is_dir():
         raise click.ClickException(f"{out} is a file: a bundle is written into a directory")
-    summary = export_database(db.engine, out, now=datetime.now(UTC))
+    with collecting_less():
+        summary = export_database(db.engine, out, now=datetime.now(UTC))
     click.echo(
         f"bundle {summary.path}: logs {', '.join(summary.logs) or '(none)'}; {summary.leaves} "
         f"leaves, {summary.entries} entries ({summary.queued} queued), "

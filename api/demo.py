@@ -17,7 +17,6 @@ months take seconds. ``--seed`` makes a run reproducible.
 
 from __future__ import annotations
 
-import gc
 import json
 import multiprocessing
 import os
@@ -44,6 +43,7 @@ from rich.progress import Progress
 import partners.tables  # noqa: F401
 import settlement.tables  # noqa: F401
 from api import demo_finish as finishing
+from api.batchwork import collecting_less
 from audit.log import log_integrator
 from ledger.db import Database, reader, upgrade
 from ledger.errors import LedgerError
@@ -443,12 +443,7 @@ def demo(
 ) -> None:
     """Run a coalition for DAYS days on embedded SQLite; settle, verify and serve it."""
     console = Console()
-    # The run allocates millions of short-lived objects and keeps a few hundred thousand alive;
-    # with CPython's default thresholds the cycle collector rescans the live ones again and
-    # again (a fifth of the run). Collect less often while the demo runs; serving restores them.
-    thresholds = gc.get_threshold()
-    gc.set_threshold(100_000, 50, 1_000)
-    try:
+    with collecting_less():  # serving, below, runs with the usual thresholds
         files = finishing.DemoFiles(db_path or directory / "coalition-demo.db")
         files.prepare(fresh)
         db_path, key_path = files.database, files.log_key
@@ -522,8 +517,6 @@ def demo(
         )
         finishing.write_environment(files, env)
         db.dispose()
-    finally:
-        gc.set_threshold(*thresholds)
     if not summary["verification"]["ok"]:
         raise SystemExit(1)
     if no_serve:
