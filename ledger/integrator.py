@@ -160,8 +160,10 @@ class Integrator:
         # A tenth of each batch stays open to the record queues, so a steady stream of entries
         # never starves them; whatever they leave unused the entries do not get back this batch.
         share = max(1, self.batch_size // 10) if self.queues and self.batch_size > 1 else 0
-        queued = store.queued(self.batch_size - share)
         given = {} if prepared is None else prepared
+        room = self.batch_size - share
+        # Stopping at the first entry not given, a prepared-only batch uses at most them all.
+        queued = store.queued(min(room, len(given)) if prepared_only else room)
         if prepared_only:
             lacking = (n for n, (_, entry_id) in enumerate(queued) if entry_id not in given)
             queued = queued[: next(lacking, len(queued))]
