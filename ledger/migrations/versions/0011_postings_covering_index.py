@@ -4,12 +4,12 @@ Revision ID: 0011
 Revises: 0010
 Create Date: 2026-12-06 04:00:00
 
-The tier window (``partners.tiers``), balances as of a time and the statements' sums read the
-postings of given accounts together with their amounts. With ``(account, entry_id)`` each posting
-found in the index costs a second search, into the table, for its amount; with the amount in the
-index that search goes (on the demo's 100,000 entries, the tier window of 1,100 members took
-72 ms instead of 101 ms). The index replaces the old one, whose columns it begins with, so every
-query that used the old one can use it.
+The tier window (``partners.tiers``), the verifier's balance recomputation and balances as of a
+time read the postings of accounts together with their amounts. With ``(account, entry_id)``
+each posting found in the index cost a second search, into the table, for its amount; with the
+amount in the index there is none (on the demo's 100,000 entries, the tier window of 1,100
+members took 72 ms instead of 101 ms). The index replaces the old one, whose columns it begins
+with, so every query that used the old one can use it.
 """
 
 from __future__ import annotations
