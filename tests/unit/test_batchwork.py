@@ -9,9 +9,17 @@ import pytest
 from api.batchwork import collecting_less
 
 
+def _fail_inside(seen: list[tuple[int, int, int]]) -> None:
+    with collecting_less():
+        seen.append(gc.get_threshold())
+        raise RuntimeError("the command failed")
+
+
 def test_thresholds_are_raised_inside_and_restored_after_even_on_error() -> None:
     before = gc.get_threshold()
-    with pytest.raises(RuntimeError), collecting_less():
-        assert gc.get_threshold()[0] == 100_000 > before[0]
-        raise RuntimeError("the command failed")
+    seen: list[tuple[int, int, int]] = []
+    with pytest.raises(RuntimeError):
+        _fail_inside(seen)
+    assert seen == [(100_000, 50, 1_000)]
+    assert seen[0][0] > before[0]
     assert gc.get_threshold() == before
