@@ -707,18 +707,35 @@ def _uuid_text(raw: str) -> str:
     return format_uuid(UUID(raw))
 
 
-def _time_speller(dialect: sa.Dialect) -> Callable[[Any], str]:
-    """Spell a time column read without result processing: through :class:`UTCDateTime`'s own
-    processor on this dialect (SQLite text → aware datetime; PostgreSQL's datetime → UTC), then
-    :func:`format_timestamp`; remembered per stored value, since equal stored values are the
-    same instant."""
+def _stored_times(dialect: sa.Dialect) -> Callable[[Any], datetime | None]:
+    """Read a time column selected without result processing (``type_coerce`` to text) through
+    :class:`UTCDateTime`'s own processor on this dialect (SQLite text → aware datetime;
+    PostgreSQL's datetime → UTC), once per distinct stored value: rows read together share a few
+    instants, and equal stored values are the same instant."""
     process = t.entries.c.booked_at.type.dialect_impl(dialect).result_processor(dialect, None)
+    memo: dict[Any, datetime] = {}
+
+    def read(raw: Any) -> datetime | None:
+        if raw is None:
+            return None
+        known = memo.get(raw)
+        if known is None:
+            known = memo[raw] = process(raw) if process is not None else raw
+        return known
+
+    return read
+
+
+def _time_speller(dialect: sa.Dialect) -> Callable[[Any], str]:
+    """Spell a stored time (read as by :func:`_stored_times`) with :func:`format_timestamp`,
+    once per distinct stored value."""
+    read = _stored_times(dialect)
     memo: dict[Any, str] = {}
 
     def spell(raw: Any) -> str:
         text = memo.get(raw)
         if text is None:
-            text = memo[raw] = format_timestamp(process(raw) if process is not None else raw)
+            text = memo[raw] = format_timestamp(read(raw))  # type: ignore[arg-type]
         return text
 
     return spell
@@ -748,21 +765,9 @@ _LOTS = sa.select(
 
 def _lot_states(conn: Connection, query: sa.Select) -> list[LotState]:
     """The lots a ``_LOTS`` query finds. A member's lots share a few instants (a day's earns,
-    their expiry), so each stored time goes through :class:`UTCDateTime`'s own processor once
-    per distinct value, not once per lot: reading a batch's lots costs half as much."""
-    process = t.lots.c.earned_at.type.dialect_impl(conn.dialect).result_processor(
-        conn.dialect, None
-    )
-    memo: dict[Any, datetime] = {}
-
-    def moment(raw: Any) -> datetime | None:
-        if raw is None:
-            return None
-        known = memo.get(raw)
-        if known is None:
-            known = memo[raw] = process(raw) if process is not None else raw
-        return known
-
+    their expiry), so each stored time is converted once per distinct value, not once per lot
+    (:func:`_stored_times`): reading a batch's lots costs half as much."""
+    moment = _stored_times(conn.dialect)
     return [
         LotState(
             Lot(lot_id, member, funder, amount, moment(earned), moment(expires), moment(until), pv),

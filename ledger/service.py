@@ -848,13 +848,10 @@ class Ledger:
     def _replay(self, store: LedgerStore, actor: Actor, key: str, stable: Fingerprint) -> Booking:
         record = store.idempotency_record(actor.idempotency_scope, key)
         if record.request_hash != stable.digest:
-            differing = sorted(
-                name
-                for name in set(record.request) | set(stable.request)
-                if record.request.get(name) != stable.request.get(name)
-            )
             raise IdempotencyConflict(
-                key, differing, str(record.entry_id) if record.entry_id else None
+                key,
+                stable.differing(record.request),
+                str(record.entry_id) if record.entry_id else None,
             )
         if record.refusal is not None:
             raise BusinessRefusal.from_record(
@@ -1135,6 +1132,13 @@ class Fingerprint:
     def request(self) -> dict[str, Any]:
         """The stable form as values (to name the fields in which two requests differ)."""
         return dict(json.loads(self.text))
+
+    def differing(self, recorded: Mapping[str, Any]) -> list[str]:
+        """The fields, sorted, in which a recorded request differs from this one."""
+        mine = self.request
+        return sorted(
+            name for name in set(recorded) | set(mine) if recorded.get(name) != mine.get(name)
+        )
 
     @property
     def hex(self) -> str:

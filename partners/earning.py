@@ -1666,12 +1666,10 @@ def _recorded_entry(conn: Connection, prior: sa.Row, request: Fingerprint, key: 
 
 
 def _conflict(prior: sa.Row, request: Fingerprint, key: str) -> IdempotencyConflict:
-    before, after = prior.request, request.request
-    differing = sorted(
-        name for name in set(before) | set(after) if before.get(name) != after.get(name)
-    )
     return IdempotencyConflict(
-        key, differing, None if prior.entry_id is None else str(prior.entry_id)
+        key,
+        request.differing(prior.request),
+        None if prior.entry_id is None else str(prior.entry_id),
     )
 
 
