@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 from uuid import UUID
 
@@ -128,29 +129,32 @@ def verify_database(
     keyring = (
         list(trusted) if trusted is not None else [NoteVerifier.from_vkey(v) for _, v, _ in logs]
     )
-    # The caches are checked beside the leaves (in a worker of their own, with workers), so
-    # their phase ends when the leaves' does.
+    # The caches and the statements are checked beside the leaves (each in a worker of its
+    # own, with workers), so their phases end when the leaves' does.
     told("caches", 0, 1)
+    told("statements", 0, 1)
     logged = verify_log(
         conn,
         keyring,
         record_check=check_audit_leaves,
         progress=progress,
         workers=workers,
-        beside=[check_consistency],
+        beside=[check_consistency, partial(_check_statements, tuple(k.vkey for k in keyring))],
     )
     told("caches", 1, 1)
-    findings = [
-        *logged,
-        *phase("audit log", lambda: audit_events_not_logged(conn)),
-        *phase("statements", lambda: check_statements(conn, keyring)),
-    ]
+    told("statements", 1, 1)
+    findings = [*logged, *phase("audit log", lambda: audit_events_not_logged(conn))]
     findings += [*_refine_altered_entries(conn, findings), *_diagnose_forks(conn, findings)]
     leaves = sum(store.tip(origin).size for origin, _, _ in logs)
     queued = store.queue_length()
     if queued:
         notes.append(f"{queued} entries are queued for the log and not yet covered by it")
     return Report([origin for origin, _, _ in logs], leaves, findings, notes)
+
+
+def _check_statements(vkeys: tuple[str, ...], conn: Connection) -> list[Finding]:
+    """The statements' check, given the trusted keys as text: a worker receives it pickled."""
+    return check_statements(conn, [NoteVerifier.from_vkey(vkey) for vkey in vkeys])
 
 
 def check_audit_leaves(conn: Connection, leaves: Sequence[Leaf]) -> Iterator[Finding]:
