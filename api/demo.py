@@ -21,12 +21,13 @@ import json
 import multiprocessing
 import os
 import random
+import sqlite3
 import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -388,6 +389,26 @@ def _daily_jobs(world: World, integrator: Integrator, preparer: _LeafPreparer | 
             integrator.integrate_all(world.db, preparer.collect(), prepared_only=True)
 
 
+#: The demo database's page size. A day's batch touches pages all over the random-keyed
+#: indexes, and every page it touches is written to the WAL at commit: with 16 KiB pages instead
+#: of SQLite's 4 KiB, the demo's commits took 3.9 s instead of 5.0 s and its inserts 6.0 s
+#: instead of 6.7 s (1 KiB pages: 9.1 s of commits).
+PAGE_SIZE = 16_384
+
+
+def _create_database(path: Path) -> None:
+    """Create the demo's SQLite file, if it is new, with :data:`PAGE_SIZE` pages.
+
+    The page size of a database in WAL mode is fixed when the file is created, and the ledger's
+    connections turn WAL on as they open: the file is created here first.
+    """
+    if path.exists():
+        return
+    with closing(sqlite3.connect(path)) as conn:
+        conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
+        conn.execute("PRAGMA journal_mode=WAL")
+
+
 def _demo_pragmas(dbapi_connection: Any, _record: Any) -> None:
     """SQLite settings for the demo's own, throw-away file (after the ledger's own settings).
 
@@ -448,6 +469,7 @@ def demo(
         files.prepare(fresh)
         db_path, key_path = files.database, files.log_key
         clock = Clock(START)
+        _create_database(db_path)
         db = Database.connect(f"sqlite:///{db_path}")
         sa.event.listen(db.engine, "connect", _demo_pragmas)
         upgrade(db.engine)

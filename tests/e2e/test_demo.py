@@ -65,6 +65,9 @@ def test_demo_settles_publishes_verifies_and_reports(tmp_path: Path) -> None:
     db = Database.connect(f"sqlite:///{tmp_path / 'coalition-demo.db'}")
     try:
         with db.engine.connect() as conn:
+            # The file was created with the demo's page size, in WAL mode.
+            assert conn.exec_driver_sql("PRAGMA page_size").scalar() == demo_module.PAGE_SIZE
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
             # One month (January) completed in 40 days; it went through the whole workflow.
             assert [p["period"] for p in summary["periods"]] == ["2026-01"]
             run = service.statement_run(conn, "2026-01")
