@@ -215,12 +215,18 @@ class SqlLedgerStore:
 
     def reversed_points(self, entry_id: UUID) -> int:
         """Points already taken back from an earn by earlier reversals."""
+        return self.reversed_points_of([entry_id]).get(entry_id, 0)
+
+    def reversed_points_of(self, entry_ids: Sequence[UUID]) -> dict[UUID, int]:
+        """:meth:`reversed_points` of each earn that has been reversed (the others are absent)."""
+        e = t.entries.c
         query = (
-            sa.select(sa.func.coalesce(sa.func.sum(-t.lot_moves.c.delta), 0))
-            .select_from(t.lot_moves.join(t.entries, t.entries.c.id == t.lot_moves.c.entry_id))
-            .where(t.entries.c.refers_to == entry_id, t.entries.c.kind == EntryKind.EARN_REVERSAL)
+            sa.select(e.refers_to, sa.func.sum(-t.lot_moves.c.delta))
+            .select_from(t.lot_moves.join(t.entries, e.id == t.lot_moves.c.entry_id))
+            .where(e.refers_to.in_(entry_ids), e.kind == EntryKind.EARN_REVERSAL)
+            .group_by(e.refers_to)
         )
-        return int(self.conn.scalar(query) or 0)
+        return {entry_id: int(total) for entry_id, total in self.conn.execute(query)}
 
     def restored_points(self, entry_id: UUID) -> dict[UUID, int]:
         """Points per lot already restored by earlier reversals of a burn or capture."""
@@ -857,6 +863,8 @@ class BufferedStore:
         self._entry_index: dict[UUID, Entry] = {}
         self._stored: dict[UUID, Entry] = {}
         """Entries read from the journal (immutable, so a read stays true): prefetched ones."""
+        self._reversed: dict[UUID, int] = {}
+        """Stored earn → points its stored reversals took back (until the next flush)."""
         self._new_lots: dict[UUID, list[Any]] = {}
         self._new_holds: dict[UUID, dict[str, Any]] = {}
         self._closed_holds: dict[UUID, tuple[str, UUID]] = {}
@@ -879,13 +887,26 @@ class BufferedStore:
 
         ``members``: their accounts' balances; ``spenders``: also every lot they hold (what a
         debit consumes); ``holds``: the holds, their members' accounts and lots; ``entries``:
-        journal entries the batch refers to (what a reversal reverses), read once for all.
+        journal entries the batch refers to (what a reversal reverses), read once for all, with
+        what reversing an earn reads: its lots, its member's accounts, what was reversed before.
         """
+        asked = list(dict.fromkeys(entries))
         known = self._entry_index.keys() | self._stored.keys()
-        wanted = [i for i in dict.fromkeys(entries) if i not in known]
+        wanted = [i for i in asked if i not in known]
         for start in range(0, len(wanted), 900):
             for entry in self.inner.load_entries(wanted[start : start + 900]):
                 self._stored[entry.id] = entry
+        earns = [
+            self._stored[i]
+            for i in asked
+            if i in self._stored and i not in self._entry_index and self._stored[i].opened_lots
+        ]
+        members = [*members, *(lot.member for e in earns for lot in e.opened_lots)]
+        unread = [e.id for e in earns if e.id not in self._reversed]
+        for start in range(0, len(unread), 900):
+            chunk = unread[start : start + 900]
+            self._reversed.update(dict.fromkeys(chunk, 0))
+            self._reversed.update(self.inner.reversed_points_of(chunk))
         hold_ids = [h for h in dict.fromkeys(holds) if h not in self._holds]
         if hold_ids:
             rows = self.conn.execute(sa.select(t.holds).where(t.holds.c.entry_id.in_(hold_ids)))
@@ -907,6 +928,12 @@ class BufferedStore:
             for member in chunk:
                 self._member_lots[member] = self._orphans.pop(member, {})
             query = _LOTS.where(t.lots.c.member.in_(chunk), t.lots.c.remaining > 0)
+            for state in _lot_states(self.conn, query):
+                self._track_lot(state.lot, state.remaining, state.pending)
+        # The earns' lots, spent ones included (a spender's were read above if they hold points).
+        lot_ids = [lot.id for e in earns for lot in e.opened_lots if lot.id not in self._lot_index]
+        for start in range(0, len(lot_ids), 900):
+            query = _LOTS.where(t.lots.c.id.in_(lot_ids[start : start + 900]))
             for state in _lot_states(self.conn, query):
                 self._track_lot(state.lot, state.remaining, state.pending)
         pairs = [k for k in dict.fromkeys(keys) if k not in self._keys and k not in self._absent]
@@ -1029,7 +1056,12 @@ class BufferedStore:
         return [LotState(*self._lot_index[i]) for i in ids]
 
     def reversed_points(self, entry_id: UUID) -> int:
-        before = 0 if entry_id in self._entry_index else self.inner.reversed_points(entry_id)
+        if entry_id in self._entry_index:
+            before = 0  # booked by this batch: only this batch can have reversed it
+        elif entry_id in self._reversed:
+            before = self._reversed[entry_id]
+        else:
+            before = self._reversed[entry_id] = self.inner.reversed_points(entry_id)
         return before + sum(
             -m.delta
             for e in self._entries
@@ -1262,7 +1294,7 @@ class BufferedStore:
                 )
             self.inner._apply_net(self._net, shards)
             insert_many(conn, t.journal_queue, [{"entry_id": e.id} for e in entries])
-        self._entries, self._entry_index = [], {}
+        self._entries, self._entry_index, self._reversed = [], {}, {}
         self._new_lots, self._new_holds, self._closed_holds = {}, {}, {}
         self._lot_deltas, self._released, self._net = {}, set(), {}
 

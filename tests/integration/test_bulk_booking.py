@@ -410,6 +410,66 @@ def test_batch_statements_do_not_grow_with_commands(db: Database) -> None:
     assert large == small
 
 
+def test_batch_statements_do_not_grow_with_reversals(db: Database) -> None:
+    """Reversing stored earns reads their lots, their members' accounts and what was reversed
+    before in a few statements for the whole batch, however many it reverses."""
+    kernel = Ledger(Policy())
+    actor = Actor("cred-BP1", partner="BP1")
+    with db.transaction() as conn:
+        open_books(conn, kernel)
+        earned = kernel.book_many(
+            SqlLedgerStore(conn),
+            [
+                Command(
+                    "earn",
+                    actor,
+                    f"e{n}",
+                    {"member": MEMBERS[n % 3], "funding": {"BP1": 9}, "business_time": START},
+                )
+                for n in range(63)
+            ],
+        )
+    originals = [booking.entry.id for booking in earned if isinstance(booking, Booking)]
+    assert len(originals) == 63
+
+    def statements(reversed_ids: list[UUID], key: str) -> int:
+        seen = []
+
+        def count(*args: Any) -> None:
+            seen.append(args[2])
+
+        sa.event.listen(db.engine, "before_cursor_execute", count)
+        try:
+            with db.transaction() as conn:
+                booked = kernel.book_many(
+                    SqlLedgerStore(conn),
+                    [
+                        Command(
+                            "reverse",
+                            actor,
+                            f"{key}{n}",
+                            {"entry_id": entry_id, "points": 2, "business_time": START},
+                        )
+                        for n, entry_id in enumerate(reversed_ids)
+                    ],
+                )
+                assert all(isinstance(booking, Booking) for booking in booked), booked
+        finally:
+            sa.event.remove(db.engine, "before_cursor_execute", count)
+        return len(seen)
+
+    # Each earn is reversed twice, in two batches: the second reads what the first took back.
+    small, large = statements(originals[:3], "a"), statements(originals[3:], "b")
+    assert large == small
+    assert statements(originals[3:], "c") == small
+    with db.engine.connect() as conn:
+        store = SqlLedgerStore(conn)
+        assert store.reversed_points_of(originals) == dict.fromkeys(originals[3:], 4) | (
+            dict.fromkeys(originals[:3], 2)
+        )
+        assert kernel.balance(store, "member:bm0:available") == 21 * 9 - 2 - 20 * 4
+
+
 def test_buffered_store_rolls_back_with_its_transaction(db: Database) -> None:
     """Nothing is written when the batch's block raises; the transaction rolls back."""
     kernel = Ledger(Policy())
