@@ -1044,6 +1044,7 @@ def engage_many(
             )
         )
         reported.update((row[0], row[1]) for row in rows)
+    reported_before = frozenset(reported)
     rules: dict[tuple[str, datetime], EngagementRule | LedgerError] = {}
     sponsors: dict[tuple[str, datetime], str | LedgerError] = {}
     counted: dict[tuple[str, str, str, datetime], int] = {}
@@ -1090,8 +1091,14 @@ def engage_many(
             except LedgerError as error:
                 results.append(error)
                 continue
+            if store.is_new_key(*scope) and (reporter, ev.event_id) in reported_before:
+                # An event reported before the list: the one-by-one path answers with its
+                # original booking, which nothing in the list can change; it writes nothing.
+                results.append(_one_engagement(conn, ev, now, ledger))
+                continue
             if not store.is_new_key(*scope) or (reporter, ev.event_id) in reported:
-                # A retry or a duplicate event: flush, then let the one-by-one path answer it.
+                # A retry or an event repeated in the list: flush, then let the one-by-one path
+                # answer it.
                 store.flush(kernel.policy.shards)
                 window.flushed()
                 _flush_engagements(conn, rows_out)

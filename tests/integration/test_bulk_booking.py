@@ -560,11 +560,17 @@ EVENT = st.tuples(
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
-@given(drawn=st.lists(PURCHASE, min_size=1, max_size=12), events=st.lists(EVENT, max_size=8))
+@given(
+    drawn=st.lists(PURCHASE, min_size=1, max_size=12),
+    events=st.lists(EVENT, max_size=8),
+    cut=st.integers(0, 8),
+)
 def test_partner_bulk_paths_book_what_one_by_one_books(
     db: Database, coalition: list[str], ticker: Ticker, monkeypatch: pytest.MonkeyPatch,
-    drawn: list, events: list,
+    drawn: list, events: list, cut: int,
 ) -> None:  # fmt: skip
+    """The purchases in one list, the events in two (``cut``): an event of the second list may
+    repeat one of the first (in the database) or one earlier in its own list."""
     monkeypatch.setattr(earning, "uuid4", ticker.uuid4)
     at = datetime(2026, 3, 2, 10, tzinfo=UTC)
     purchases: list[earning.Purchase] = []
@@ -601,7 +607,8 @@ def test_partner_bulk_paths_book_what_one_by_one_books(
     with rolled_back(db) as conn:
         ticker.reset()
         bulk = [outcome_of(r) for r in earning.earn_purchases(conn, purchases, now=at)]
-        bulk += [outcome_of(r) for r in earning.engage_many(conn, engagements, now=at)]
+        for part in (engagements[:cut], engagements[cut:]):
+            bulk += [outcome_of(r) for r in earning.engage_many(conn, part, now=at)]
         got = partner_snapshot(conn)
         assert check_consistency(conn) == []
     assert bulk == alone
