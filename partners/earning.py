@@ -52,7 +52,7 @@ from ledger.errors import (
 )
 from ledger.model import PROGRAM, Entry, EntryKind, member_account
 from ledger.numbers import parse_amount
-from ledger.repository import SqlLedgerStore
+from ledger.repository import LedgerStore, SqlLedgerStore
 from ledger.service import Actor, Booking, Fingerprint, Ledger, Policy, fingerprint
 from partners import directory, members, tiers
 from partners import tables as t
@@ -1027,7 +1027,8 @@ def engage_many(
     held = _latest_tiers(conn, ids)
     window = _TierWindow(conn, ids)
     e = t.engagements.c
-    reported: set[tuple[str, str]] = set()
+    reported_before: dict[tuple[str, str], sa.Row] = {}
+    """The events of the list reported before it: their engagement rows."""
     for start in range(0, len(events), 500):
         by_reporter: dict[str, list[str]] = {}
         for ev in events[start : start + 500]:
@@ -1036,15 +1037,13 @@ def engage_many(
         rows = conn.execute(
             sa.union_all(
                 *(
-                    sa.select(e.partner, e.event_id).where(
-                        e.partner == reporter, e.event_id.in_(ids_)
-                    )
+                    sa.select(t.engagements).where(e.partner == reporter, e.event_id.in_(ids_))
                     for reporter, ids_ in by_reporter.items()
                 )
             )
         )
-        reported.update((row[0], row[1]) for row in rows)
-    reported_before = frozenset(reported)
+        reported_before.update(((row.partner, row.event_id), row) for row in rows)
+    reported = set(reported_before)
     rules: dict[tuple[str, datetime], EngagementRule | LedgerError] = {}
     sponsors: dict[tuple[str, datetime], str | LedgerError] = {}
     counted: dict[tuple[str, str, str, datetime], int] = {}
@@ -1079,7 +1078,11 @@ def engage_many(
         return counts
 
     with kernel.batch(SqlLedgerStore(conn)) as store:
-        store.prefetch(members=ids, keys=[(ev.actor.idempotency_scope, ev.key) for ev in events])
+        store.prefetch(
+            members=ids,
+            keys=[(ev.actor.idempotency_scope, ev.key) for ev in events],
+            entries=[row.entry_id for row in reported_before.values() if row.entry_id],
+        )
         for ev in events:
             scope = (ev.actor.idempotency_scope, ev.key)
             reporter = ev.actor.partner or PROGRAM
@@ -1091,10 +1094,16 @@ def engage_many(
             except LedgerError as error:
                 results.append(error)
                 continue
-            if store.is_new_key(*scope) and (reporter, ev.event_id) in reported_before:
-                # An event reported before the list: the one-by-one path answers with its
-                # original booking, which nothing in the list can change; it writes nothing.
-                results.append(_one_engagement(conn, ev, now, ledger))
+            earlier = reported_before.get((reporter, ev.event_id))
+            if earlier is not None and store.is_new_key(*scope):
+                # An event reported before the list: its original booking (as alone), which
+                # nothing in the list can change, read with the batch's other entries.
+                try:
+                    results.append(
+                        _duplicate(store, earlier, ev.member, ev.event_type, ev.event_id)
+                    )
+                except LedgerError as error:
+                    results.append(error)
                 continue
             if not store.is_new_key(*scope) or (reporter, ev.event_id) in reported:
                 # A retry or an event repeated in the list: flush, then let the one-by-one path
@@ -1295,7 +1304,8 @@ def _plan_unless_duplicate(
     """The original booking if the reporter sent this event id before, else a priced plan."""
     earlier = _engagement(conn, event.reporter, event.event_id)
     if earlier is not None:
-        return _duplicate(conn, earlier, event)
+        member = event.member.id
+        return _duplicate(SqlLedgerStore(conn), earlier, member, event.event_type, event.event_id)
     _require_active(event.member)
     rule = engagement_rule_at(conn, event.event_type, event.business_time)
     price_version = None
@@ -1428,21 +1438,23 @@ def _engagement(conn: Connection, reporter: str, event_id: str) -> sa.Row | None
     ).first()
 
 
-def _duplicate(conn: Connection, earlier: sa.Row, event: _Event) -> EngageResult:
+def _duplicate(
+    store: LedgerStore, earlier: sa.Row, member: str, event_type: str, event_id: str
+) -> EngageResult:
     """The original booking of an event id reported again; another member or type conflicts."""
     differing = [
         name
         for name, before, after in (
-            ("member", earlier.member_id, event.member.id),
-            ("event_type", earlier.event_type, event.event_type),
+            ("member", earlier.member_id, member),
+            ("event_type", earlier.event_type, event_type),
         )
         if before != after
     ]
     original = None if earlier.entry_id is None else str(earlier.entry_id)
     if differing:
-        raise IdempotencyConflict(event.event_id, differing, original)
-    entry = None if earlier.entry_id is None else SqlLedgerStore(conn).load_entry(earlier.entry_id)
-    return _engage_result(entry, event.event_type, event.event_id, duplicate=True)
+        raise IdempotencyConflict(event_id, differing, original)
+    entry = None if earlier.entry_id is None else store.load_entry(earlier.entry_id)
+    return _engage_result(entry, event_type, event_id, duplicate=True)
 
 
 def _engage_result(

@@ -587,7 +587,7 @@ def test_partner_bulk_paths_book_what_one_by_one_books(
             f"e{n}",
             coalition[who],
             kind,
-            f"{kind}-{who}-{twin}",
+            f"{kind}-{who}-{twin}" if twin else f"{kind}-shared",  # shared: another member's
             at,
         )
         for n, (who, kind, twin) in enumerate(events)
