@@ -158,29 +158,72 @@ def insert_many(conn: Connection, table: sa.Table, rows: Sequence[Mapping[str, A
     The columns a row leaves out take their server defaults; the tables written this way have
     no Python-side defaults.
     """
-    if not rows:
-        return
-    plan = _insert_plan(conn.dialect, table, tuple(rows[0]))
+    if rows:
+        _run(conn, (table, tuple(rows[0])), table.insert, rows)
+
+
+def execute_many(
+    conn: Connection, statement: sa.Executable, rows: Sequence[Mapping[str, Any]]
+) -> None:
+    """``conn.execute(statement, rows)`` for a big batch, as :func:`insert_many` runs an insert:
+    an UPDATE whose values are bound parameters, or an upsert.
+
+    Each row maps every parameter of the statement (an insert's columns, a ``bindparam``'s
+    name) to its value; each value goes through the bind processor of its parameter's type.
+    The compiled form is kept per dialect and statement: ``statement`` is built once and kept
+    (a module constant), not built per call.
+    """
+    if rows:
+        _run(conn, (statement, tuple(rows[0])), lambda: statement, rows)
+
+
+def _run(
+    conn: Connection,
+    key: tuple[Any, tuple[str, ...]],
+    statement: Callable[[], Any],
+    rows: Sequence[Mapping[str, Any]],
+) -> None:
+    plans = _plans.setdefault(conn.dialect, {})
+    plan = plans.get(key)
+    if plan is None:
+        plan = plans[key] = _Plan(conn.dialect, statement(), key[1])
     conn.exec_driver_sql(plan.sql, plan.parameters(rows))
 
 
-class _InsertPlan:
-    """One compiled INSERT and the conversions its parameters need."""
+class _Plan:
+    """One compiled statement and the conversions its parameters need."""
 
-    def __init__(self, dialect: sa.Dialect, table: sa.Table, keys: tuple[str, ...]) -> None:
-        compiled = table.insert().compile(dialect=dialect, column_keys=list(keys))
+    def __init__(self, dialect: sa.Dialect, statement: Any, keys: tuple[str, ...]) -> None:
+        # An insert's parameters are its columns; an UPDATE's SET clause is its own ``values``
+        # (given no columns, it gains no SET item from a parameter named like a column).
+        columns = list(keys) if isinstance(statement, sa.Insert) else None
+        compiled = statement.compile(dialect=dialect, column_keys=columns)
         self.sql = str(compiled)
-        order = list(compiled.positiontup or ()) if compiled.positional else list(keys)
-        if sorted(order) != sorted(keys):
-            raise ValueError(f"cannot bind {keys} into {table.name} as {order}")
+        # Positional drivers take each parameter where it appears (a name may appear twice).
+        order = list(compiled.positiontup or ()) if compiled.positional else list(compiled.binds)
+        fixed = {name for name in order if name not in keys}
+        if not set(keys) <= set(order) or any(compiled.binds[n].required for n in fixed):
+            raise ValueError(f"cannot bind {keys} into {self.sql!r}")
         self.keys = order
         self.named = not compiled.positional
-        self.converters = [_converter(table.c[key].type, dialect) for key in order]
+        converters = [_converter(compiled.binds[name].type, dialect) for name in order]
+        # A value written in the statement (``values(pending=False)``) is bound as a parameter
+        # too: the same in every row, converted once.
+        self.fixed = {
+            name: compiled.binds[name].effective_value
+            if convert is None
+            else convert(compiled.binds[name].effective_value)
+            for name, convert in zip(order, converters, strict=True)
+            if name in fixed
+        }
+        self.converters = converters
 
     def parameters(self, rows: Sequence[Mapping[str, Any]]) -> list[Any]:
         columns = list(zip(self.keys, self.converters, strict=True))
         converted = [
-            [row[key] for row in rows]
+            [self.fixed[key]] * len(rows)
+            if key in self.fixed
+            else [row[key] for row in rows]
             if convert is None
             else list(map(convert, (row[key] for row in rows)))
             for key, convert in columns
@@ -221,17 +264,11 @@ def _converter(column_type: Any, dialect: sa.Dialect) -> Callable[[Any], Any] | 
     return remembered
 
 
-#: Plans per dialect (each engine has its own, with its own JSON serialiser), dropped with it.
-_plans: weakref.WeakKeyDictionary[sa.Dialect, dict[tuple[sa.Table, tuple[str, ...]], _InsertPlan]]
+#: Plans per dialect (each engine has its own, with its own JSON serialiser), dropped with it:
+#: per (table, columns) for :func:`insert_many`, per (statement, parameters) for
+#: :func:`execute_many`.
+_plans: weakref.WeakKeyDictionary[sa.Dialect, dict[tuple[Any, tuple[str, ...]], _Plan]]
 _plans = weakref.WeakKeyDictionary()
-
-
-def _insert_plan(dialect: sa.Dialect, table: sa.Table, keys: tuple[str, ...]) -> _InsertPlan:
-    plans = _plans.setdefault(dialect, {})
-    plan = plans.get((table, keys))
-    if plan is None:
-        plan = plans[(table, keys)] = _InsertPlan(dialect, table, keys)
-    return plan
 
 
 def is_postgresql(conn: Connection | Engine) -> bool:

@@ -12,6 +12,7 @@ deadlock. SQLite serialises writers with ``BEGIN IMMEDIATE`` instead.
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import re
@@ -28,7 +29,7 @@ from sqlalchemy.engine import Connection
 
 from ledger import tables as t
 from ledger.canonical import format_timestamp, format_uuid
-from ledger.db import JSONText, insert_many
+from ledger.db import JSONText, execute_many, insert_many
 from ledger.errors import BusinessRefusal, LedgerError, UnknownAccount, UnknownEntry
 from ledger.model import Account, Entry, EntryKind, Lot, LotMove, Posting
 
@@ -280,7 +281,7 @@ class SqlLedgerStore:
         self, credential: str, key: str, fingerprint: Any, entry_id: UUID, now: datetime
     ) -> bool:
         """Claim an idempotency key; False if it is taken (waits for a holder still in flight)."""
-        insert = _insert(self.conn)(t.idempotency).values(
+        insert = _insert(self.conn.dialect.name)(t.idempotency).values(
             credential=credential,
             key=key,
             request_hash=fingerprint.digest,
@@ -651,14 +652,9 @@ class SqlLedgerStore:
             if amount
         )
         if updates:
-            # An upsert, not an UPDATE: a shard row that does not exist yet (the shard count was
-            # raised after the account was opened) is created instead of silently missed.
-            insert = _insert(self.conn)(t.balances)
-            self.conn.execute(
-                insert.on_conflict_do_update(
-                    index_elements=[t.balances.c.account, t.balances.c.shard],
-                    set_={"balance": t.balances.c.balance + insert.excluded.balance},
-                ),
+            execute_many(
+                self.conn,
+                _add_to_balances(self.conn.dialect.name),
                 [{"account": c, "shard": s, "balance": a} for c, s, a in updates],
             )
 
@@ -800,8 +796,9 @@ def _lot_state(row: Any) -> LotState:
     return LotState(lot, row.remaining, row.pending)
 
 
-def _insert(conn: Connection) -> Any:
-    if conn.dialect.name == "postgresql":
+def _insert(dialect: str) -> Any:
+    """The dialect's INSERT construct (which knows ``ON CONFLICT``)."""
+    if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert
@@ -962,7 +959,8 @@ class BufferedStore:
                         self._absent.add(pair)
 
     def _load_accounts(self, codes: Sequence[str]) -> None:
-        wanted = sorted(set(codes) - set(self._balances))
+        balances = self._balances
+        wanted = sorted({c for c in codes if c not in balances})
         if not wanted:
             return
         for start in range(0, len(wanted), 900):
@@ -1266,27 +1264,22 @@ class BufferedStore:
                 insert_many(conn, t.lot_moves, moves)
             deltas = sorted((lot_id, d) for lot_id, d in self._lot_deltas.items() if d)
             if deltas:
-                conn.execute(
-                    t.lots.update()
-                    .where(t.lots.c.id == sa.bindparam("lot"))
-                    .values(remaining=t.lots.c.remaining + sa.bindparam("delta")),
-                    [{"lot": lot_id, "delta": d} for lot_id, d in deltas],
+                execute_many(
+                    conn, _MOVE_LOTS, [{"lot": lot_id, "delta": d} for lot_id, d in deltas]
                 )
             releases = [{"entry_id": e.id, "lot_id": i} for e in entries for i in e.released_lots]
             if releases:
                 insert_many(conn, t.lot_releases, releases)
             if self._released:
-                conn.execute(
-                    t.lots.update().where(t.lots.c.id == sa.bindparam("lot")).values(pending=False),
-                    [{"lot": lot_id} for lot_id in sorted(self._released)],
+                execute_many(
+                    conn, _RELEASE_LOTS, [{"lot": lot_id} for lot_id in sorted(self._released)]
                 )
             if self._new_holds:
                 insert_many(conn, t.holds, list(self._new_holds.values()))
             if self._closed_holds:
-                conn.execute(
-                    t.holds.update()
-                    .where(t.holds.c.entry_id == sa.bindparam("hold"))
-                    .values(status=sa.bindparam("new_status"), closed_by=sa.bindparam("by")),
+                execute_many(
+                    conn,
+                    _CLOSE_HOLDS,
                     [
                         {"hold": hold, "new_status": status, "by": by}
                         for hold, (status, by) in sorted(self._closed_holds.items())
@@ -1297,6 +1290,33 @@ class BufferedStore:
         self._entries, self._entry_index, self._reversed = [], {}, {}
         self._new_lots, self._new_holds, self._closed_holds = {}, {}, {}
         self._lot_deltas, self._released, self._net = {}, set(), {}
+
+
+#: The batch's writes to rows it did not insert, each one statement for all rows
+#: (:func:`~ledger.db.execute_many`).
+_MOVE_LOTS = (
+    t.lots.update()
+    .where(t.lots.c.id == sa.bindparam("lot"))
+    .values(remaining=t.lots.c.remaining + sa.bindparam("delta"))
+)
+_RELEASE_LOTS = t.lots.update().where(t.lots.c.id == sa.bindparam("lot")).values(pending=False)
+_CLOSE_HOLDS = (
+    t.holds.update()
+    .where(t.holds.c.entry_id == sa.bindparam("hold"))
+    .values(status=sa.bindparam("new_status"), closed_by=sa.bindparam("by"))
+)
+
+
+@functools.cache
+def _add_to_balances(dialect: str) -> Any:
+    """Add to a balance row, in the dialect's upsert: not an UPDATE, so that a shard row that
+    does not exist yet (the shard count was raised after the account was opened) is created
+    instead of silently missed."""
+    upsert = _insert(dialect)(t.balances)
+    return upsert.on_conflict_do_update(
+        index_elements=[t.balances.c.account, t.balances.c.shard],
+        set_={"balance": t.balances.c.balance + upsert.excluded.balance},
+    )
 
 
 def _hold_state(row: Any) -> HoldState:

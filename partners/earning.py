@@ -42,6 +42,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ledger import tables as lt
+from ledger.db import execute_many
 from ledger.errors import (
     BusinessRefusal,
     IdempotencyConflict,
@@ -804,18 +805,21 @@ def _campaign_points(
 
 def _touch_activities(conn: Connection, latest: Mapping[str, datetime]) -> None:
     """:func:`_touch_activity` for many members in one statement."""
-    if not latest:
-        return
-    m = t.members.c
-    conn.execute(
-        t.members.update()
-        .where(
-            m.id == sa.bindparam("member"),
-            sa.or_(m.last_activity_at.is_(None), m.last_activity_at < sa.bindparam("at")),
-        )
-        .values(last_activity_at=sa.bindparam("at")),
-        [{"member": member, "at": at} for member, at in sorted(latest.items())],
+    rows = [{"member": member, "at": at} for member, at in sorted(latest.items())]
+    execute_many(conn, _TOUCH_ACTIVITIES, rows)
+
+
+_TOUCH_ACTIVITIES = (
+    t.members.update()
+    .where(
+        t.members.c.id == sa.bindparam("member"),
+        sa.or_(
+            t.members.c.last_activity_at.is_(None),
+            t.members.c.last_activity_at < sa.bindparam("at"),
+        ),
     )
+    .values(last_activity_at=sa.bindparam("at"))
+)
 
 
 def _quote_purchase(

@@ -1,4 +1,5 @@
-""":func:`ledger.db.insert_many` stores exactly what ``conn.execute(table.insert(), rows)`` stores.
+""":func:`ledger.db.insert_many` stores exactly what ``conn.execute(table.insert(), rows)`` stores,
+and :func:`ledger.db.execute_many` writes what ``conn.execute(statement, rows)`` writes.
 
 The same rows go in once each way, each in a transaction that is rolled back, and the values the
 driver reads back — the stored form, before any SQLAlchemy type processing — are compared: ids,
@@ -17,8 +18,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from ledger import repository
 from ledger import tables as t
-from ledger.db import Database, insert_many
+from ledger.db import Database, execute_many, insert_many
 from ledger.service import fingerprint
 
 T0 = datetime(2026, 3, 2, 9, 30, 0, 123456, tzinfo=UTC)
@@ -143,3 +145,69 @@ def test_json_text_is_stored_as_written_and_reads_back_as_its_value(db: Database
     # SQLite keeps the text; psycopg hands a json column back parsed.
     assert stored == (request.text if db.engine.dialect.name == "sqlite" else request.request)
     assert read == request.request
+
+
+#: An UPDATE that binds one parameter twice, as the members' activity update does.
+_LATER = (
+    t.accounts.update()
+    .where(
+        t.accounts.c.code == sa.bindparam("account"), t.accounts.c.opened_at < sa.bindparam("at")
+    )
+    .values(opened_at=sa.bindparam("at"))
+)
+
+
+def _updates(dialect: str) -> list[tuple[Any, list[dict[str, Any]]]]:
+    """Statements of the batch's own kinds, each with rows: an UPDATE of an expression of the
+    row's value, one that sets a constant, a time bound twice, and an upsert that adds to one
+    row and creates another."""
+    lot_id = _rows()[t.lots][0]["id"]
+    return [
+        (repository._MOVE_LOTS, [{"lot": lot_id, "delta": -3}]),
+        (repository._RELEASE_LOTS, [{"lot": lot_id}]),  # a value written in the statement
+        (
+            _LATER,
+            [
+                {"account": "member:m1:available", "at": T0 + timedelta(hours=1)},
+                {"account": "partner:P:issued", "at": T0 - timedelta(hours=1)},  # not later
+            ],
+        ),
+        (
+            repository._add_to_balances(dialect),
+            [
+                {"account": "member:m1:available", "shard": 0, "balance": 2},  # adds to 5
+                {"account": "partner:P:issued", "shard": 3, "balance": -5},  # a new row
+            ],
+        ),
+    ]
+
+
+def test_execute_many_writes_what_the_generic_execute_writes(db: Database) -> None:
+    dialect = db.engine.dialect.name
+    tables = (t.lots, t.accounts, t.balances)
+
+    def run(execute: Callable[[Connection, Any, list], None]) -> dict:
+        with db.engine.connect() as conn:
+            transaction = conn.begin()
+            for table, rows in _rows().items():
+                insert_many(conn, table, rows)
+            balance = {"account": "member:m1:available", "shard": 0, "balance": 5}
+            insert_many(conn, t.balances, [balance])
+            for statement, rows in _updates(dialect):
+                execute(conn, statement, rows)
+            stored = {
+                table.name: _stored(conn, table, [c.name for c in table.c]) for table in tables
+            }
+            transaction.rollback()
+        return stored
+
+    fast = run(execute_many)
+    assert fast == run(lambda conn, statement, rows: conn.execute(statement, rows))
+    untouched = run(lambda *_: None)
+    assert all(fast[table.name] != untouched[table.name] for table in tables)
+    assert len(fast["balances"]) == 2
+
+
+def test_execute_many_refuses_rows_that_do_not_name_its_parameters(db: Database) -> None:
+    with db.engine.connect() as conn, pytest.raises(ValueError, match="cannot bind"):
+        execute_many(conn, _LATER, [{"account": "member:m1:available"}])
