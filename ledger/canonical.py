@@ -197,6 +197,14 @@ FLOAT_FIRST = re.compile(rb"\[-?[0-9]++[.eE]").search
 # A string holding a byte beyond ASCII that is an object key: from that byte (never part of an
 # escape) to the string's closing quote, then ':'.
 _WIDE_KEY = re.compile(rb'[\x80-\xff](?:[^"\\]++|\\.)*+":').search
+# The bytes that lead a character beyond the Basic Multilingual Plane in UTF-8 (four bytes).
+_BEYOND_BMP_LEADS = (b"\xf0", b"\xf1", b"\xf2", b"\xf3", b"\xf4")
+
+
+def _beyond_bmp(data: bytes) -> bool:
+    """Whether UTF-8 ``data`` holds a character beyond U+FFFF (a byte search for each lead is
+    several times faster than a regex's character class)."""
+    return any(lead in data for lead in _BEYOND_BMP_LEADS)
 
 
 def canonical_loads(data: bytes) -> JsonValue | None:
@@ -212,8 +220,10 @@ def canonical_loads(data: bytes) -> JsonValue | None:
     trip gives back the same bytes exactly when they are the RFC 8785 bytes of a profile value,
     provided that
 
-    - every object key is ASCII, so that sorting by code point (orjson) and by UTF-16 unit
-      (RFC 8785) agree — a key beyond ASCII is left to the exact path;
+    - the keys sort the same by code point (orjson) and by UTF-16 unit (RFC 8785). The two
+      orders differ only between a character beyond U+FFFF (a surrogate pair, from U+D800) and
+      one from U+E000 to U+FFFF: in a document with a character beyond U+FFFF, a key beyond
+      ASCII is left to the exact path (text beyond ASCII, such as "€", is otherwise common);
     - the text is in Normalization Form C (ASCII text always is). Checked on the whole document:
       the quotes, and the ASCII characters an escape stands for, never compose with a neighbour,
       so each string of an NFC document is NFC (a false "no" only sends the bytes the exact way);
@@ -235,7 +245,7 @@ def canonical_loads(data: bytes) -> JsonValue | None:
     except (orjson.JSONDecodeError, orjson.JSONEncodeError):
         return None
     if not data.isascii():
-        if _WIDE_KEY(data):
+        if _beyond_bmp(data) and _WIDE_KEY(data):
             return None
         try:
             if not unicodedata.is_normalized("NFC", data.decode("utf-8")):
