@@ -8,17 +8,17 @@ the Merkle tree, the signed roots, the match with the journal tables — is left
 which gets one small tuple per leaf (:data:`Scanned`), or, for a chunk that found nothing and
 holds together, one :class:`Run` (the caller checks where it joins the log).
 
-Speed: the canonical check first tries a compiled codec (orjson): for bytes that are ASCII and
-contain no escape, parsing and re-serialising with sorted keys (integers refused beyond
-±(2^53 − 1)) gives back the same bytes exactly when they are RFC 8785 within the profile — ASCII
-keys sort the same by code point and by UTF-16 unit, ASCII text is NFC and, holding no control
-character, needs no escape — provided no number has a fraction or an exponent, which orjson would
-round-trip unchanged (``1.5``): ``FLOAT_*`` find any such number token, since in compact JSON
-a number follows ``":``, ``,`` or ``[`` (a match inside a string only sends the bytes the slow
-way). Anything else takes the exact path (:func:`ledger.journal.parse_leaf`), slower but rare. A
-Hypothesis test holds the two paths to the same verdict. The leaf-by-leaf code uses the general
-form of this check, :func:`ledger.canonical.canonical_loads`, which also admits NFC text beyond
-ASCII.
+Speed: the canonical check first tries a compiled codec (orjson): for bytes that contain no
+escape, parsing and re-serialising with sorted keys (integers refused beyond ±(2^53 − 1)) gives
+back the same bytes exactly when they are RFC 8785 within the profile — provided the text is in
+NFC and the keys sort the same by code point and by UTF-16 unit (always so in ASCII; beyond it,
+:func:`ledger.canonical.wide_text_round_trips` says), and no number has a fraction or an
+exponent, which orjson would round-trip unchanged (``1.5``): ``FLOAT_*`` find any such number
+token, since in compact JSON a number follows ``":``, ``,`` or ``[`` (a match inside a string
+only sends the bytes the slow way). Anything else takes the exact path
+(:func:`ledger.journal.parse_leaf`), slower but rare. A Hypothesis test holds the two paths to
+the same verdict. The leaf-by-leaf code uses the general form of this check,
+:func:`ledger.canonical.canonical_loads`, which also admits escapes.
 
 The scan is one loop (:func:`_scan_fast`) that makes every check inline for a leaf that passes
 them all, and hands any other leaf to the leaf-by-leaf code (:func:`_scan_line`), which names
@@ -49,6 +49,7 @@ from ledger.canonical import (
     SORTED_STRICT,
     canonical_loads,
     parse_timestamp,
+    wide_text_round_trips,
 )
 from ledger.consistency import Finding
 from ledger.errors import LedgerError, ProfileError
@@ -241,7 +242,6 @@ def _scan_fast(
     for line_no, line in enumerate(lines, first_line):
         if (
             line[:9] == b'{"index":'
-            or not line.isascii()
             or b"\\" in line
             or line.count(b"{") + line.count(b"[") > max_depth
         ):
@@ -253,7 +253,11 @@ def _scan_fast(
                 envelope = None
         except (decode_error, encode_error):
             envelope = None
-        if envelope is None or envelope.keys() != envelope_keys:
+        if (
+            envelope is None
+            or envelope.keys() != envelope_keys
+            or not (line.isascii() or wide_text_round_trips(line))
+        ):
             append(_scan_line(line, line_no, effects, findings, timestamps))
             continue
         # The round trip gave back the bytes, so every object's members are in sorted order.

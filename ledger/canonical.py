@@ -207,6 +207,18 @@ def _beyond_bmp(data: bytes) -> bool:
     return any(lead in data for lead in _BEYOND_BMP_LEADS)
 
 
+def wide_text_round_trips(data: bytes) -> bool:
+    """For bytes beyond ASCII that orjson gives back unchanged with sorted keys: whether that
+    proves them canonical as far as their text goes — in NFC, and keys in RFC 8785's order (see
+    :func:`canonical_loads`). False decides nothing; public for the bundle scan's inlined loop."""
+    if _beyond_bmp(data) and _WIDE_KEY(data):
+        return False
+    try:
+        return unicodedata.is_normalized("NFC", data.decode("utf-8"))
+    except UnicodeDecodeError:
+        return False
+
+
 def canonical_loads(data: bytes) -> JsonValue | None:
     """The object or array ``data`` holds when a quick test proves the bytes are its canonical
     bytes; else None (also for a bare scalar, which leaves and requests never are).
@@ -244,14 +256,8 @@ def canonical_loads(data: bytes) -> JsonValue | None:
             return None
     except (orjson.JSONDecodeError, orjson.JSONEncodeError):
         return None
-    if not data.isascii():
-        if _beyond_bmp(data) and _WIDE_KEY(data):
-            return None
-        try:
-            if not unicodedata.is_normalized("NFC", data.decode("utf-8")):
-                return None
-        except UnicodeDecodeError:
-            return None
+    if not (data.isascii() or wide_text_round_trips(data)):
+        return None
     if data.count(b"{") + data.count(b"[") > MAX_DEPTH and not _within_depth(value, 0):
         return None
     return value

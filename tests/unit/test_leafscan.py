@@ -196,6 +196,13 @@ def _variants(log: _Log) -> list[bytes]:
         good.replace(b'"attributes":{}', b'"attributes":{"t":"12:00.5, [1.5"}'),
         good.replace(b'"attributes":{}', b'"attributes":{"u":"\\u00e9"}'),
         good.replace(b'"attributes":{}', '"attributes":{"u":"é"}'.encode()),
+        good.replace(b'"attributes":{}', '"attributes":{"u":"71 pts: 5.00 € ×2"}'.encode()),
+        good.replace(b'"attributes":{}', '"attributes":{"u":"e\u0301"}'.encode()),  # not NFC
+        good.replace(b'"attributes":{}', '"attributes":{"a":"😀","é":1}'.encode()),
+        good.replace(b'"attributes":{}', '"attributes":{"é":1,"ü":"x"}'.encode()),
+        # In code point order, which orjson keeps and RFC 8785 does not (U+FFFF after 😀).
+        good.replace(b'"attributes":{}', '"attributes":{"\uffff":1,"😀":2}'.encode()),
+        good.replace(b'"attributes":{}', b'"attributes":{"u":"\xc3"}'),  # not UTF-8
         good.replace(b'"attributes":{}', b'"attributes":{"d":' + b"[" * 70 + b"]" * 70 + b"}"),
         good.replace(b'"attributes":{}', b'"attributes":{"d":' + b"[" * 40 + b"]" * 40 + b"}"),
         good.replace(b'"attributes":{}', b'"attributes":{"a":1,"a":2}'),
