@@ -370,6 +370,21 @@ def test_bulk_refusals_replays_and_conflicts(db: Database) -> None:
     assert raised.value.code == "insufficient-points"
 
 
+@contextmanager
+def statements_run(db: Database) -> Iterator[list[str]]:
+    """The SQL statements run on ``db`` within the block, as they are run."""
+    seen: list[str] = []
+
+    def count(*args: Any) -> None:
+        seen.append(args[2])
+
+    sa.event.listen(db.engine, "before_cursor_execute", count)
+    try:
+        yield seen
+    finally:
+        sa.event.remove(db.engine, "before_cursor_execute", count)
+
+
 def test_batch_statements_do_not_grow_with_commands(db: Database) -> None:
     """The point of the bulk path: the number of statements is constant in the commands."""
     kernel = Ledger(Policy())
@@ -378,32 +393,19 @@ def test_batch_statements_do_not_grow_with_commands(db: Database) -> None:
         open_books(conn, kernel)
 
     def statements(commands: int, offset: int) -> int:
-        seen = []
-
-        def count(*args: Any) -> None:
-            seen.append(args[2])
-
-        sa.event.listen(db.engine, "before_cursor_execute", count)
-        try:
-            with db.transaction() as conn:
-                kernel.book_many(
-                    SqlLedgerStore(conn),
-                    [
-                        Command(
-                            "earn",
-                            actor,
-                            f"s{offset + n}",
-                            {
-                                "member": MEMBERS[n % 3],
-                                "funding": {"BP1": 5},
-                                "business_time": START,
-                            },
-                        )
-                        for n in range(commands)
-                    ],
-                )
-        finally:
-            sa.event.remove(db.engine, "before_cursor_execute", count)
+        with statements_run(db) as seen, db.transaction() as conn:
+            kernel.book_many(
+                SqlLedgerStore(conn),
+                [
+                    Command(
+                        "earn",
+                        actor,
+                        f"s{offset + n}",
+                        {"member": MEMBERS[n % 3], "funding": {"BP1": 5}, "business_time": START},
+                    )
+                    for n in range(commands)
+                ],
+            )
         return len(seen)
 
     small, large = statements(3, 0), statements(60, 100)
@@ -433,29 +435,20 @@ def test_batch_statements_do_not_grow_with_reversals(db: Database) -> None:
     assert len(originals) == 63
 
     def statements(reversed_ids: list[UUID], key: str) -> int:
-        seen = []
-
-        def count(*args: Any) -> None:
-            seen.append(args[2])
-
-        sa.event.listen(db.engine, "before_cursor_execute", count)
-        try:
-            with db.transaction() as conn:
-                booked = kernel.book_many(
-                    SqlLedgerStore(conn),
-                    [
-                        Command(
-                            "reverse",
-                            actor,
-                            f"{key}{n}",
-                            {"entry_id": entry_id, "points": 2, "business_time": START},
-                        )
-                        for n, entry_id in enumerate(reversed_ids)
-                    ],
-                )
-                assert all(isinstance(booking, Booking) for booking in booked), booked
-        finally:
-            sa.event.remove(db.engine, "before_cursor_execute", count)
+        with statements_run(db) as seen, db.transaction() as conn:
+            booked = kernel.book_many(
+                SqlLedgerStore(conn),
+                [
+                    Command(
+                        "reverse",
+                        actor,
+                        f"{key}{n}",
+                        {"entry_id": entry_id, "points": 2, "business_time": START},
+                    )
+                    for n, entry_id in enumerate(reversed_ids)
+                ],
+            )
+            assert all(isinstance(booking, Booking) for booking in booked), booked
         return len(seen)
 
     # Each earn is reversed twice, in two batches: the second reads what the first took back.
