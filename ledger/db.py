@@ -186,6 +186,8 @@ def _run(
     plans = _plans.setdefault(conn.dialect, {})
     plan = plans.get(key)
     if plan is None:
+        if len(plans) >= _PLANS_KEPT:  # statements built per call would otherwise pile up
+            plans.clear()
         plan = plans[key] = _Plan(conn.dialect, statement(), key[1])
     conn.exec_driver_sql(plan.sql, plan.parameters(rows))
 
@@ -267,6 +269,7 @@ def _converter(column_type: Any, dialect: sa.Dialect) -> Callable[[Any], Any] | 
 #: Plans per dialect (each engine has its own, with its own JSON serialiser), dropped with it:
 #: per (table, columns) for :func:`insert_many`, per (statement, parameters) for
 #: :func:`execute_many`.
+_PLANS_KEPT = 512
 _plans: weakref.WeakKeyDictionary[sa.Dialect, dict[tuple[Any, tuple[str, ...]], _Plan]]
 _plans = weakref.WeakKeyDictionary()
 

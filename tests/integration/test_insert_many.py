@@ -18,6 +18,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from ledger import db as ledger_db
 from ledger import repository
 from ledger import tables as t
 from ledger.db import Database, execute_many, insert_many
@@ -211,3 +212,13 @@ def test_execute_many_writes_what_the_generic_execute_writes(db: Database) -> No
 def test_execute_many_refuses_rows_that_do_not_name_its_parameters(db: Database) -> None:
     with db.engine.connect() as conn, pytest.raises(ValueError, match="cannot bind"):
         execute_many(conn, _LATER, [{"account": "member:m1:available"}])
+
+
+def test_plans_of_statements_built_per_call_do_not_pile_up(db: Database) -> None:
+    row = {"account": "member:m1:available", "at": T0}
+    with db.engine.connect() as conn:
+        for _ in range(ledger_db._PLANS_KEPT + 10):
+            fresh = t.accounts.update().where(t.accounts.c.code == sa.bindparam("account"))
+            execute_many(conn, fresh.values(opened_at=sa.bindparam("at")), [row])
+        assert 0 < len(ledger_db._plans[conn.dialect]) <= ledger_db._PLANS_KEPT
+        conn.rollback()
