@@ -139,7 +139,10 @@ def verify_database(
         record_check=check_audit_leaves,
         progress=progress,
         workers=workers,
-        beside=[check_consistency, partial(_check_statements, tuple(k.vkey for k in keyring))],
+        beside=[
+            check_consistency,
+            partial(_check_statements, [(type(k), k.vkey) for k in keyring]),
+        ],
     )
     told("caches", 1, 1)
     told("statements", 1, 1)
@@ -152,9 +155,10 @@ def verify_database(
     return Report([origin for origin, _, _ in logs], leaves, findings, notes)
 
 
-def _check_statements(vkeys: tuple[str, ...], conn: Connection) -> list[Finding]:
-    """The statements' check, given the trusted keys as text: a worker receives it pickled."""
-    return check_statements(conn, [NoteVerifier.from_vkey(vkey) for vkey in vkeys])
+def _check_statements(keys: list[tuple[Any, str]], conn: Connection) -> list[Finding]:
+    """The statements' check, given the trusted keys as (class, text): a worker receives it
+    pickled, and each key comes back as the very verifier it was (of whatever type)."""
+    return check_statements(conn, [kind.from_vkey(vkey) for kind, vkey in keys])
 
 
 def check_audit_leaves(conn: Connection, leaves: Sequence[Leaf]) -> Iterator[Finding]:

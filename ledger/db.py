@@ -258,6 +258,8 @@ def _converter(column_type: Any, dialect: sa.Dialect) -> Callable[[Any], Any] | 
         try:
             return memo[value]
         except KeyError:
+            if len(memo) >= 4096:  # a long-lived plan meets ever new instants
+                memo.clear()
             memo[value] = converted = process(value)
             return converted
         except TypeError:  # unhashable: converted each time, and refused as usual

@@ -879,15 +879,18 @@ class BufferedStore:
         holds: Iterable[UUID] = (),
         spenders: Iterable[str] = (),
         entries: Iterable[UUID] = (),
+        reversing: Iterable[UUID] = (),
     ) -> None:
         """Load (and lock) what a batch will touch in a few set-based queries.
 
         ``members``: their accounts' balances; ``spenders``: also every lot they hold (what a
         debit consumes); ``holds``: the holds, their members' accounts and lots; ``entries``:
-        journal entries the batch refers to (what a reversal reverses), read once for all, with
-        what reversing an earn reads: its lots, its member's accounts, what was reversed before.
+        journal entries the batch refers to, read once for all; ``reversing``: entries the batch
+        reverses, read with what reversing an earn reads — its lots, its member's accounts
+        (locked as a reversal alone locks them), what was reversed before.
         """
-        asked = list(dict.fromkeys(entries))
+        reversed_ids = list(dict.fromkeys(reversing))
+        asked = list(dict.fromkeys([*entries, *reversed_ids]))
         known = self._entry_index.keys() | self._stored.keys()
         wanted = [i for i in asked if i not in known]
         for start in range(0, len(wanted), 900):
@@ -895,15 +898,10 @@ class BufferedStore:
                 self._stored[entry.id] = entry
         earns = [
             self._stored[i]
-            for i in asked
+            for i in reversed_ids
             if i in self._stored and i not in self._entry_index and self._stored[i].opened_lots
         ]
         members = [*members, *(lot.member for e in earns for lot in e.opened_lots)]
-        unread = [e.id for e in earns if e.id not in self._reversed]
-        for start in range(0, len(unread), 900):
-            chunk = unread[start : start + 900]
-            self._reversed.update(dict.fromkeys(chunk, 0))
-            self._reversed.update(self.inner.reversed_points_of(chunk))
         hold_ids = [h for h in dict.fromkeys(holds) if h not in self._holds]
         if hold_ids:
             rows = self.conn.execute(sa.select(t.holds).where(t.holds.c.entry_id.in_(hold_ids)))
@@ -927,12 +925,18 @@ class BufferedStore:
             query = _LOTS.where(t.lots.c.member.in_(chunk), t.lots.c.remaining > 0)
             for state in _lot_states(self.conn, query):
                 self._track_lot(state.lot, state.remaining, state.pending)
-        # The earns' lots, spent ones included (a spender's were read above if they hold points).
+        # The earns' lots, spent ones included (a spender's were read above if they hold points),
+        # and what earlier reversals took back: read once their members' accounts are locked.
         lot_ids = [lot.id for e in earns for lot in e.opened_lots if lot.id not in self._lot_index]
         for start in range(0, len(lot_ids), 900):
             query = _LOTS.where(t.lots.c.id.in_(lot_ids[start : start + 900]))
             for state in _lot_states(self.conn, query):
                 self._track_lot(state.lot, state.remaining, state.pending)
+        unread = [e.id for e in earns if e.id not in self._reversed]
+        for start in range(0, len(unread), 900):
+            chunk = unread[start : start + 900]
+            self._reversed.update(dict.fromkeys(chunk, 0))
+            self._reversed.update(self.inner.reversed_points_of(chunk))
         pairs = [k for k in dict.fromkeys(keys) if k not in self._keys and k not in self._absent]
         if pairs:
             i = t.idempotency.c

@@ -229,7 +229,7 @@ class Ledger:
                     for m in _members_named(c.params)
                 ],
                 holds=[c.params["hold_id"] for c in commands if "hold_id" in c.params],
-                entries=[
+                reversing=[
                     c.params["entry_id"]
                     for c in commands
                     if c.op == "reverse" and isinstance(c.params.get("entry_id"), UUID)

@@ -222,3 +222,13 @@ def test_plans_of_statements_built_per_call_do_not_pile_up(db: Database) -> None
             execute_many(conn, fresh.values(opened_at=sa.bindparam("at")), [row])
         assert 0 < len(ledger_db._plans[conn.dialect]) <= ledger_db._PLANS_KEPT
         conn.rollback()
+
+
+def test_a_time_converter_remembers_a_bounded_number_of_instants(db: Database) -> None:
+    """A plan lives as long as its engine; the instants it meets do not pile up in it."""
+    convert = ledger_db._converter(t.entries.c.booked_at.type, db.engine.dialect)
+    assert convert is not None
+    for n in range(5_000):
+        assert convert(T0 + timedelta(seconds=n)) == convert(T0 + timedelta(seconds=n))
+    [memo] = [c.cell_contents for c in convert.__closure__ or () if type(c.cell_contents) is dict]
+    assert 0 < len(memo) <= 4_096

@@ -38,7 +38,7 @@ from ledger import tables as t
 from ledger.canonical import parse_timestamp
 from ledger.db import Database
 from ledger.journal import build_leaf
-from ledger.note import Checkpoint, NoteSigner
+from ledger.note import Checkpoint, CosignatureSigner, NoteSigner
 from settlement import notes
 from settlement import tables as st
 from tests.integration.conftest import Books
@@ -536,6 +536,25 @@ def test_settled_statements_verify_live_and_exported(settled: Coalition, tmp_pat
     }
     report = verify_bundle(bundle, [settled.integrator.signer.verifier])
     assert report.ok, report.to_text()
+
+
+def test_a_key_of_another_type_in_the_keyring_is_a_finding_however_many_workers(
+    settled: Coalition,
+) -> None:
+    """The statements are checked beside the leaves (in a worker, with workers) with the trusted
+    keys as given: a witness key among them signs no statement, so the signed statements are
+    reported, the same way with one process or two, and nothing raises."""
+    keyring = [CosignatureSigner.generate("witness.example").verifier]
+    with patch.object(logcheck, "_BATCH", 3):
+        reports = []
+        for workers in (1, 2):
+            with settled.db.engine.connect() as conn:
+                reports.append(verify_database(conn, keyring, workers=workers))
+    one, two = (sorted(map(str, report.findings)) for report in reports)
+    assert one == two
+    assert {("statement-signature", "2026-03 RAIL"), ("statement-signature", "2026-03 SUPER")} <= (
+        pairs(reports[1])
+    )
 
 
 def test_edit_a_statement_in_the_database(settled: Coalition) -> None:
