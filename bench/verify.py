@@ -17,10 +17,12 @@ files (no database) in a temporary directory, verifies each with
   (SHA-256, the orjson round trip).
 
 Sizes: 100,000 and 1,000,000 entries (``--quick``: 10,000 and 50,000). The journal: 2,000
-members, 20 partners; about two thirds EARN (one lot each) and one third BURN (lot moves); an
-audit event every 500 leaves; a signed checkpoint every 1,000 leaves (one integrator batch).
-Leaves are built with the C JSON codec, which equals RFC 8785 for this ASCII, integer-only
-data; the first 200 are checked against :func:`ledger.journal.build_leaf` before anything else.
+members, 20 partners; about two thirds EARN (one lot each, with the attributes the partners'
+layer records: an explanation with "€" and "×", a request digest, rule versions, amounts) and
+one third BURN (lot moves); an audit event every 500 leaves; a signed checkpoint every 1,000
+leaves (one integrator batch). Leaves are built with the C JSON codec, which equals RFC 8785 for
+this data (integers only, ASCII keys, NFC text written as itself); the first 200 are checked
+against :func:`ledger.journal.build_leaf` before anything else.
 Goal (issue 7): ≥ 100,000 entries/s with flat memory.
 """
 
@@ -128,6 +130,16 @@ class Journal:
 
     def _earn(self, member: str, partner: str, points: int, now: datetime) -> dict:
         record = self._record("EARN", partner, now)
+        # What the partners' layer records with a purchase's points (partners.earning): text
+        # beyond ASCII and integers, as in a real ledger's leaves.
+        cents = points * 100
+        record["attributes"] = {
+            "basket_cents": cents,
+            "cash_cents": cents,
+            "explanation": f"{points} pts = {cents // 100}.{cents % 100:02d} € × 1 pt/€, White ×1",
+            "request_digest": f"{self.rng.getrandbits(256):064x}",
+            "rules": {"contract": 1, "engine": 1, "tier": "White"},
+        }
         record["postings"] = self._post(
             [(f"partner:{partner}:issued", -points), (f"member:{member}:available", points)]
         )
