@@ -927,11 +927,9 @@ class BufferedStore:
                 self._track_lot(state.lot, state.remaining, state.pending)
         # The earns' lots, spent ones included (a spender's were read above if they hold points),
         # and what earlier reversals took back: read once their members' accounts are locked.
-        lot_ids = [lot.id for e in earns for lot in e.opened_lots if lot.id not in self._lot_index]
+        lot_ids = [lot.id for e in earns for lot in e.opened_lots]
         for start in range(0, len(lot_ids), 900):
-            query = _LOTS.where(t.lots.c.id.in_(lot_ids[start : start + 900]))
-            for state in _lot_states(self.conn, query):
-                self._track_lot(state.lot, state.remaining, state.pending)
+            self.lots(lot_ids[start : start + 900])
         unread = [e.id for e in earns if e.id not in self._reversed]
         for start in range(0, len(unread), 900):
             chunk = unread[start : start + 900]

@@ -1098,8 +1098,9 @@ def engage_many(
             except LedgerError as error:
                 results.append(error)
                 continue
+            new_key = store.is_new_key(*scope)
             earlier = reported_before.get((reporter, ev.event_id))
-            if earlier is not None and store.is_new_key(*scope):
+            if earlier is not None and new_key:
                 # An event reported before the list: its original booking (as alone), which
                 # nothing in the list can change, read with the batch's other entries.
                 try:
@@ -1109,7 +1110,7 @@ def engage_many(
                 except LedgerError as error:
                     results.append(error)
                 continue
-            if not store.is_new_key(*scope) or (reporter, ev.event_id) in reported:
+            if not new_key or (reporter, ev.event_id) in reported:
                 # A retry or an event repeated in the list: flush, then let the one-by-one path
                 # answer it.
                 store.flush(kernel.policy.shards)
@@ -1766,12 +1767,7 @@ def _require_active(found: members.Member) -> None:
 
 def _touch_activity(conn: Connection, member: str, at: datetime) -> None:
     """Keep ``members.last_activity_at`` (shown to support desks) at the latest earn or spend."""
-    m = t.members.c
-    conn.execute(
-        t.members.update()
-        .where(m.id == member, sa.or_(m.last_activity_at.is_(None), m.last_activity_at < at))
-        .values(last_activity_at=at)
-    )
+    _touch_activities(conn, {member: at})
 
 
 def _basket_json(basket: Basket) -> dict[str, Any]:
