@@ -62,14 +62,18 @@ from audit.leafscan import (
     Effects,
     Run,
     balance_row,
+    body_slice,
     check_entry,
     fold_cache_chunk,
     leaf_bytes,
     lot_cache_values,
     lot_row,
+    plain_json,
+    record_line,
     scan_chunk,
 )
 from audit.log import event_from_row
+from audit.native import NATIVE as _native
 from audit.statementcheck import BundleStatements, export_contracts, export_statements
 from audit.tally import BUCKETS, Tally, differences
 from audit.verify import Report
@@ -676,26 +680,22 @@ class _BundleVerifier:
         self, state: _LogState, run: Run, chunk: _Chunk, entries: _Joined, events: _Joined
     ) -> None:
         """Each leaf's record against the tables' (entries.jsonl, audit.jsonl): as a rule, the
-        next lines there are exactly the lines the exporter writes for these leaves, compared
-        in one piece; else leaf by leaf."""
+        next lines there are exactly the lines the exporter writes for these leaves, which the
+        scan built (:attr:`Run.entries`), compared in one piece; else leaf by leaf."""
         origin, first = state.origin, run.first
-        log_json = _plain_json(origin)
-        bodies = [
-            line[line.index(b'"entry":') + 8 : line.rindex(b',"index":')] for line in chunk.lines()
-        ]
-        expected: list[bytes] = []
-        if log_json is not None:
-            head = b'{"index":%d,"log":' + log_json.replace(b"%", b"%%")
-            head += b',"queued":false,"record":%s}\n'
-            expected = [head % (first + n, body) for n, body in enumerate(bodies)]
-        for letter, joined, what in (("E", entries, "entry"), ("A", events, "audit")):
+        log_json = plain_json(origin)
+        for letter, joined, what, lines in (
+            ("E", entries, "entry", run.entries),
+            ("A", events, "audit", run.events),
+        ):
             mine = [n for n, kind in enumerate(run.kinds) if kind == letter]
-            if not mine or (
-                expected and joined.match_lines(b"".join([expected[n] for n in mine]), len(mine))
-            ):
+            if not mine or (lines is not None and joined.match_lines(lines, len(mine))):
                 continue
+            leaves = chunk.lines()
             for n in mine:
-                self._record(state, joined, what, first + n, bodies[n], expected, n, chunk)
+                body = body_slice(leaves[n])
+                line = None if log_json is None else record_line(first + n, log_json, body)
+                self._record(state, joined, what, first + n, body, line, n, chunk)
 
     def _record(
         self,
@@ -704,13 +704,14 @@ class _BundleVerifier:
         what: str,
         index: int,
         body: bytes,
-        expected: list[bytes],
+        line: bytes | None,
         n: int,
         chunk: _Chunk,
     ) -> None:
-        """One leaf's record, when the run's could not be taken in one piece."""
+        """One leaf's record, when the run's could not be taken in one piece: ``line`` is the
+        line the exporter writes for it, when the log's name lets it be built."""
         key = (self.order[state.origin], index)
-        if expected and joined.match(key, expected[n], body):
+        if line is not None and joined.match(key, line, body):
             return
         digest = hashlib.blake2b(body, digest_size=16).digest()
         found = joined.take(key)
@@ -1061,32 +1062,40 @@ class _BundleVerifier:
             tail = (self.secret, self.buckets)
             if self.pool is None:
                 result = work(*head, chunk.lines(), chunk.first_line, *tail)
-                done += len(chunk.data)
+                done += chunk.length
                 yield chunk, result
                 self.progress(phase, done, total)
                 continue
-            where = (str(path), chunk.offset, len(chunk.data), chunk.first_line)
+            where = (str(path), chunk.offset, chunk.length, chunk.first_line)
             pending.append((chunk, self.pool.submit(_on_range, work, head, *where, *tail)))
             if len(pending) > 2 * self.workers:
                 chunk_done, future = pending.popleft()
-                done += len(chunk_done.data)
+                done += chunk_done.length
                 yield chunk_done, future.result()
                 self.progress(phase, done, total)
         while pending:
             chunk_done, future = pending.popleft()
-            done += len(chunk_done.data)
+            done += chunk_done.length
             yield chunk_done, future.result()
             self.progress(phase, done, total)
 
 
 @dataclass
 class _Chunk:
-    """Whole lines of a bundle file: where they start, and the first one's number (from 1)."""
+    """Whole lines of a bundle file: where they start, and the first one's number (from 1).
+
+    The lines are the first ``length`` bytes of ``block``, as it was read: cut from it only
+    when they are wanted (a worker reads its chunk from the file itself)."""
 
     offset: int
-    data: bytes
+    block: bytes
     first_line: int
+    length: int
     _split: list[bytes] | None = None
+
+    @property
+    def data(self) -> bytes:
+        return self.block if self.length == len(self.block) else self.block[: self.length]
 
     def lines(self) -> list[bytes]:
         """The lines without their newlines, as :func:`_lines` reads them (kept while the chunk
@@ -1107,22 +1116,17 @@ def _byte_chunks(path: Path, size: int = _CHUNK_BYTES) -> Iterator[_Chunk]:
     if not path.exists():
         return
     with path.open("rb") as handle:
-        offset, first, rest = 0, 1, b""
-        while True:
-            block = handle.read(size)
-            if not block:
-                if rest:
-                    yield _Chunk(offset, rest, first)
-                return
+        offset, first = 0, 1
+        while block := handle.read(size):
             cut = block.rfind(b"\n") + 1
-            if not cut:
-                rest += block  # a line longer than a chunk: keep reading
-                continue
-            chunk, rest = rest + block[:cut], block[cut:]
-            del block
-            yield _Chunk(offset, chunk, first)
-            first += chunk.count(b"\n")
-            offset += len(chunk)
+            while not cut:  # a line longer than a chunk: read on to its end, or the file's
+                more = handle.read(size)
+                block += more
+                cut = block.rfind(b"\n") + 1 if more else len(block)
+            yield _Chunk(offset, block, first, cut)
+            first += block.count(b"\n", 0, cut)
+            offset += cut
+            handle.seek(offset)  # the next chunk starts after the last whole line
 
 
 def _split_lines(data: bytes) -> list[bytes]:
@@ -1265,14 +1269,6 @@ def _blocks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
             yield block
 
 
-def _plain_json(log: str) -> bytes | None:
-    """The JSON string of ``log`` as the exporter writes it and :data:`_HEAD` reads it back,
-    when that is just the log between quotes (no quote, backslash or control character)."""
-    if any(c in log for c in '"\\') or any(ord(c) < 0x20 for c in log):
-        return None
-    return b'"' + log.encode() + b'"'
-
-
 def _parse_record_line(raw: bytes, line_no: int, ordinal: Callable[[str], int]) -> _Line | None:
     match = _HEAD.match(raw)
     if match is not None and raw.endswith(b"}"):
@@ -1351,22 +1347,40 @@ def _push(peaks: list[tuple[int, bytes]], leaf: bytes) -> None:
 def _push_many(peaks: list[tuple[int, bytes]], hashes: list[bytes]) -> None:
     """:func:`_push` of each of ``hashes`` in turn, a complete subtree at a time: each one as
     large as the tree's alignment and what is left allow, hashed level by level."""
-    sha256 = hashlib.sha256
+    subtree_root = SUBTREE_ROOTS[-1]
     done, total = 0, len(hashes)
     while done < total:
         level = (total - done).bit_length() - 1
         if peaks:
             level = min(level, peaks[-1][0])
-        nodes = hashes[done : done + (1 << level)]
+        value = subtree_root(hashes[done : done + (1 << level)])
         done += 1 << level
-        for _ in range(level):
-            pairs = zip(nodes[::2], nodes[1::2], strict=True)
-            nodes = [sha256(b"\x01" + left + right).digest() for left, right in pairs]
-        value = nodes[0]
         while peaks and peaks[-1][0] == level:
             value = merkle.node_hash(peaks.pop()[1], value)
             level += 1
         peaks.append((level, value))
+
+
+def _subtree_root_python(nodes: list[bytes]) -> bytes:
+    """The root of a complete subtree over ``nodes`` (a power of two of them), level by
+    level."""
+    sha256 = hashlib.sha256
+    while len(nodes) > 1:
+        pairs = zip(nodes[::2], nodes[1::2], strict=True)
+        nodes = [sha256(b"\x01" + left + right).digest() for left, right in pairs]
+    return nodes[0]
+
+
+def _subtree_root_compiled(nodes: list[bytes]) -> bytes:
+    """:func:`_subtree_root_python` in C (``audit/_native.c``)."""
+    assert _native is not None
+    return _native.subtree_root(b"".join(nodes))
+
+
+#: The ways to hash a complete subtree, the fastest last: Python, then C where it was built.
+SUBTREE_ROOTS = [_subtree_root_python]
+if _native is not None:
+    SUBTREE_ROOTS.append(_subtree_root_compiled)
 
 
 def _root(peaks: list[tuple[int, bytes]]) -> bytes:

@@ -11,15 +11,20 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import random
+import unicodedata
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from audit.bundle import _push, _push_many, _root
-from audit.leafscan import Effects, _scan_line, scan_chunk
-from audit.tally import fold_many
+from audit import bundle, leafscan, tally
+from audit.bundle import _push, _push_many, _root, _split_lines
+from audit.leafscan import SCAN_LOOPS, Effects, _scan_line, scan_chunk
 from ledger.journal import build_leaf
 
 LOG = "test.example/ledger"
@@ -85,6 +90,11 @@ def _entry(rng: random.Random, kind: str = "EARN") -> dict[str, Any]:
             {"account": "partner:P01:settlement", "amount": points},
         ]
     return record
+
+
+def _balanced(n: int, debit: str, credit: str) -> list[dict[str, Any]]:
+    """``n`` postings that sum to zero, alternating between two accounts."""
+    return [{"account": (credit, debit)[i % 2], "amount": (1, -1)[i % 2]} for i in range(n)]
 
 
 def _audit(rng: random.Random) -> dict[str, Any]:
@@ -168,6 +178,17 @@ def _variants(log: _Log) -> list[bytes]:
         edited(lambda b: b.update(kind="NOT_A_KIND")),
         edited(lambda b: b.update(attributes={"ok": [1, 2, {"deep": "é"}]})),
         edited(lambda b: b.update(attributes={"n": -9007199254740991})),
+        edited(lambda b: b.update(reason="  why  "), "ADJUSTMENT"),
+        edited(lambda b: b.update(reason=5), "ADJUSTMENT"),
+        # More postings, lots and moves than the compiled loop holds at once (16).
+        edited(lambda b: b.update(postings=_balanced(20, "operator:bank", "program:funded"))),
+        edited(lambda b: b.update(lots_opened=b["lots_opened"] * 17)),
+        edited(lambda b: b.update(lot_moves=b["lot_moves"] * 20), "BURN"),
+        edited(lambda b: b.update(lots_released=b["lots_released"] * 20), "EXPIRE"),
+        edited(lambda b: b.update(attributes={"why": "71 pts: 5.00 € × 2", "at": [1, {"x": 2}]})),
+        edited(
+            lambda b: b.update(postings=[{"account": "operator:bank", "amount": 2**53 - 1}] * 2)
+        ),
     ]
     good, audit = lines[0], lines[5]
     assert b'"kind":"AUDIT"' in audit
@@ -183,6 +204,13 @@ def _variants(log: _Log) -> list[bytes]:
         ("nonce", "cd" * 15),
         ("committed_at", "2026-02-30T00:00:00.000000Z"),
         ("committed_at", "yesterday"),
+        ("committed_at", ["2026-03-02T09:00:00.000000Z"]),  # unhashable
+        ("committed_at", {"at": 1}),
+        ("committed_at", None),
+        ("v", 1.0),
+        ("index", 2**53),
+        ("index", 2**64),
+        ("prev", None),
         ("kind", "AUDIT"),
         ("entry", []),
     ]:
@@ -229,6 +257,36 @@ def _variants(log: _Log) -> list[bytes]:
     return lines
 
 
+#: The fast paths, each with a Python version and a C twin (audit/_native.c) where it was built.
+FAST_PATHS = [(leafscan, "SCAN_LOOPS"), (leafscan, "RECORDS"), (leafscan, "LOT_FOLDS")]
+FAST_PATHS += [(tally, "FOLDS"), (bundle, "SUBTREE_ROOTS")]
+IMPLEMENTATIONS = ["python", "compiled"] if len(SCAN_LOOPS) > 1 else ["python"]
+
+
+@pytest.fixture(params=IMPLEMENTATIONS)
+def loop(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each implementation of the fast paths in turn: Python, and C where it was built."""
+    for module, name in FAST_PATHS:
+        chosen = getattr(module, name)[0 if request.param == "python" else -1]
+        monkeypatch.setattr(module, name, [chosen])
+    return request.param
+
+
+def test_the_compiled_twins_are_built_in_ci() -> None:
+    """CI installs with a C compiler: there the C twins must exist, or their tests would
+    quietly run the Python versions only."""
+    if os.environ.get("CI") != "true":
+        pytest.skip("outside CI a build without a C compiler is allowed")
+    assert IMPLEMENTATIONS == ["python", "compiled"]
+    assert all(len(getattr(module, name)) == 2 for module, name in FAST_PATHS)
+
+
+def _python_fold(values: dict[str, dict[str, int]]) -> dict[str, dict[int, int]]:
+    """The reference fold: :func:`audit.tally._fold_python` over each tally."""
+    keyed = hashlib.blake2b(key=SECRET, digest_size=16)
+    return {name: tally._fold_python(v, keyed, BUCKETS, {}) for name, v in values.items()}
+
+
 def _reference(lines: list[bytes], first_line: int) -> tuple[Any, ...]:
     """The leaf-by-leaf scan: every line through :func:`_scan_line`."""
     effects, findings, timestamps = Effects(), [], {}
@@ -236,12 +294,11 @@ def _reference(lines: list[bytes], first_line: int) -> tuple[Any, ...]:
         _scan_line(line, first_line + n, effects, findings, timestamps)
         for n, line in enumerate(lines)
     ]
-    folded = fold_many(effects.values, SECRET, BUCKETS)
-    return leaves, findings, folded, effects.books
+    return leaves, findings, _python_fold(effects.values), effects.books
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_the_fast_scan_agrees_with_the_leaf_by_leaf_scan(seed: int) -> None:
+def test_the_fast_scan_agrees_with_the_leaf_by_leaf_scan(seed: int, loop: Any) -> None:
     log = _Log(seed)
     rng = random.Random(seed)
     lines = _variants(log)
@@ -257,7 +314,7 @@ def test_the_fast_scan_agrees_with_the_leaf_by_leaf_scan(seed: int) -> None:
     assert len(result.findings) > 40  # the bad variants were seen as bad
 
 
-def test_a_clean_chunk_comes_back_as_one_run() -> None:
+def test_a_clean_chunk_comes_back_as_one_run(loop: Any) -> None:
     log = _Log(1)
     rng = log.rng
     kinds = ["EARN", "BURN", "AUDIT", "EXPIRE", "SETTLEMENT", "ADJUSTMENT"] * 5
@@ -286,7 +343,7 @@ def test_a_clean_chunk_comes_back_as_one_run() -> None:
         lambda lines: lines.__setitem__(6, lines[6].replace(b'"prev":"', b'"prev":"0', 1)),
     ],
 )
-def test_a_chunk_that_does_not_hold_together_is_no_run(break_it: Any) -> None:
+def test_a_chunk_that_does_not_hold_together_is_no_run(break_it: Any, loop: Any) -> None:
     log = _Log(2)
     lines = [log.leaf("EARN", _entry(log.rng)) for _ in range(12)]
     break_it(lines)
@@ -296,7 +353,7 @@ def test_a_chunk_that_does_not_hold_together_is_no_run(break_it: Any) -> None:
     assert (result.leaves, result.findings, result.folded) == expected[:3]
 
 
-def test_an_index_skipped_on_an_intact_chain_is_no_run() -> None:
+def test_an_index_skipped_on_an_intact_chain_is_no_run(loop: Any) -> None:
     log = _Log(4)
     lines = [log.leaf("EARN", _entry(log.rng)) for _ in range(4)]
     log.index += 1
@@ -306,7 +363,7 @@ def test_an_index_skipped_on_an_intact_chain_is_no_run() -> None:
     assert result.leaves == _reference(lines, 1)[0]
 
 
-def test_a_stamp_going_back_is_no_run() -> None:
+def test_a_stamp_going_back_is_no_run(loop: Any) -> None:
     log = _Log(3)
     lines = [log.leaf("EARN", _entry(log.rng)) for _ in range(4)]
     log.at -= timedelta(seconds=1)
@@ -315,7 +372,7 @@ def test_a_stamp_going_back_is_no_run() -> None:
 
 
 @pytest.mark.parametrize("start", [0, 1, 3, 6, 8, 255, 1000])
-def test_growing_the_tree_a_subtree_at_a_time_equals_leaf_by_leaf(start: int) -> None:
+def test_growing_the_tree_a_subtree_at_a_time_equals_leaf_by_leaf(start: int, loop: str) -> None:
     rng = random.Random(start)
     hashes = [rng.randbytes(32) for _ in range(start + 700)]
     one: list[tuple[int, bytes]] = []
@@ -336,7 +393,7 @@ def test_growing_the_tree_a_subtree_at_a_time_equals_leaf_by_leaf(start: int) ->
     assert many == one
 
 
-def test_folding_cached_lots_equals_the_row_by_row_fold() -> None:
+def test_folding_cached_lots_equals_the_row_by_row_fold(loop: str) -> None:
     from audit.leafscan import fold_cache_chunk, lot_cache_values, lot_row
 
     rng = random.Random(5)
@@ -352,6 +409,9 @@ def test_folding_cached_lots_equals_the_row_by_row_fold() -> None:
         _sorted_json({"id": "x", "member": 5, "opened_by": "e", "remaining": 1}),
         _sorted_json({"id": "x", "member": "m", "opened_by": "e", "remaining": True}),
         _sorted_json({"id": "x", "member": "m", "opened_by": "e", "remaining": 2, "amount": 1.5}),
+        _sorted_json({"id": "y", "member": "m", "opened_by": "e", "remaining": 2**70}),
+        _sorted_json({"id": "z", "member": "m", "opened_by": "e", "remaining": -3, "pending": 1}),
+        _sorted_json({"id": "w", "member": "m", "opened_by": "e", "remaining": 0, "x": [{}]}),
     ]
     effects, errors = Effects(), []
     for n, line in enumerate(rows, 3):
@@ -363,15 +423,16 @@ def test_folding_cached_lots_equals_the_row_by_row_fold() -> None:
             effects.add(name, key, value)
     result = fold_cache_chunk("lots.jsonl", rows, 3, SECRET, BUCKETS)
     assert result.errors == errors
-    assert len(errors) == 5
-    assert result.folded == fold_many(effects.values, SECRET, BUCKETS)
+    assert len(errors) == 6  # 2**70 reads as a float
+    assert result.folded == _python_fold(effects.values)
     assert result.findings == []
 
 
 def test_the_tables_lines_are_taken_in_one_piece_or_one_by_one(tmp_path: Any) -> None:
     """_Joined takes the lines the exporter writes for a run of leaves in one comparison; when
     they differ, nothing is taken, and line by line the same lines come back as before."""
-    from audit.bundle import _Joined, _plain_json
+    from audit.bundle import _Joined
+    from audit.leafscan import plain_json as _plain_json
 
     def line(index: int, record: bytes, log: str = LOG) -> bytes:
         return b'{"index":%d,"log":"%s","queued":false,"record":%s}\n' % (
@@ -405,3 +466,129 @@ def test_the_tables_lines_are_taken_in_one_piece_or_one_by_one(tmp_path: Any) ->
     assert _plain_json('a"b') is None
     assert _plain_json("a\\b") is None
     assert _plain_json("a\nb") is None
+
+
+compiled_only = pytest.mark.skipif(
+    len(IMPLEMENTATIONS) == 1, reason="built without a C compiler: no twin to compare"
+)
+# Text of every kind the NFC test and the UTF-16 key order care about: ASCII, Latin with and
+# without combining marks, Hangul (which composes), characters beyond U+FFFF.
+_TEXT = st.lists(
+    st.one_of(
+        st.sampled_from(["a", "é", "e\u0301", "\u0301", "\u1100", "\u1161", "€", "\uffff", "😀"]),
+        st.characters(blacklist_categories=("Cs",)),
+    ),
+    max_size=6,
+).map("".join)
+
+
+@compiled_only
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    values=st.dictionaries(
+        st.text(st.characters(blacklist_categories=("Cs",)), max_size=8),
+        st.one_of(st.integers(-(2**53), 2**53), st.integers(-(2**100), 2**100), st.just(0)),
+        max_size=40,
+    ),
+    buckets=st.integers(1, 5000),
+)
+def test_the_compiled_fold_equals_the_python_fold(values: dict[str, int], buckets: int) -> None:
+    keyed = hashlib.blake2b(key=SECRET, digest_size=16)
+    python_slots: dict[str, tuple[int, int]] = {}
+    compiled_slots: dict[str, tuple[int, int]] = {}
+    python, compiled = tally.FOLDS[0], tally.FOLDS[-1]
+    for _ in range(2):  # the second time from the slots the first kept
+        expected = python(values, keyed, buckets, python_slots)
+        assert compiled(values, keyed, buckets, compiled_slots) == expected
+        assert compiled_slots == python_slots
+
+
+@compiled_only
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(key=_TEXT, value=_TEXT, other=_TEXT)
+def test_the_compiled_scan_judges_text_as_the_leaf_by_leaf_scan(
+    key: str, value: str, other: str
+) -> None:
+    """NFC is checked string by string in C and on the whole line in Python; keys beyond
+    U+FFFF sort differently in UTF-16. Leaves written both canonically (build_leaf) and in code
+    point order (orjson) must get the same verdict and tallies both ways."""
+    log = _Log(9)
+    body = _entry(log.rng)
+    nfc = {t: unicodedata.normalize("NFC", t) for t in (key, value, other)}
+    body["attributes"] = {nfc[key]: nfc[value], "x" + nfc[key]: [nfc[other], {nfc[other]: 1}]}
+    canonical = log.leaf("EARN", body)  # the profile's own bytes; then text as it came
+    swapped = json.loads(canonical)
+    swapped["entry"]["attributes"] = {other: key, value: 2}
+    lines = [canonical, orjson.dumps(swapped, option=orjson.OPT_SORT_KEYS)]
+    expected = _reference(lines, 1)
+    for pick in (0, -1):
+        leafscan.SCAN_LOOPS, saved = [leafscan.SCAN_LOOPS[pick]], leafscan.SCAN_LOOPS
+        try:
+            result = scan_chunk(lines, 1, SECRET, BUCKETS, runs=False)
+        finally:
+            leafscan.SCAN_LOOPS = saved
+        assert (result.leaves, result.findings, result.folded) == expected[:3]
+
+
+@compiled_only
+def test_the_compiled_records_equal_the_python_records() -> None:
+    log = _Log(6)
+    kinds = "EEAEAAE"
+    lines = [
+        log.leaf("AUDIT", _audit(log.rng)) if k == "A" else log.leaf("EARN", _entry(log.rng))
+        for k in kinds
+    ]
+    for log_json in (b'"' + LOG.encode() + b'"', b'"x%sy%%"'):
+        for first in (0, 7, 2**40):
+            expected = leafscan.RECORDS[0](lines, kinds, first, log_json)
+            assert leafscan.RECORDS[-1](lines, kinds, first, log_json) == expected
+    assert expected[0].count(b"\n") == 4
+    assert expected[1].count(b"\n") == 3
+    with pytest.raises(ValueError, match="without an entry record"):
+        leafscan.RECORDS[-1]([b"{}"], "E", 0, b'"l"')
+    with pytest.raises(ValueError, match="one ASCII kind letter per line"):
+        leafscan.RECORDS[-1](lines, "E", 0, b'"l"')
+
+
+@pytest.mark.parametrize("tail", [b"", b"\n", b"no newline at the end"])
+def test_chunks_are_whole_lines_that_cover_the_file(tmp_path: Any, tail: bytes) -> None:
+    from audit.bundle import _byte_chunks
+
+    rng = random.Random(3)
+    text = b"".join(b"x" * rng.choice([0, 1, 5, 40, 200]) + b"\n" for _ in range(60)) + tail
+    path = tmp_path / "leaves.jsonl"
+    path.write_bytes(text)
+    for size in (1, 2, 7, 64, 199, 201, 4096, 1 << 20):
+        chunks = list(_byte_chunks(path, size))
+        assert b"".join(chunk.data for chunk in chunks) == text
+        assert [chunk.offset for chunk in chunks] == [
+            sum(c.length for c in chunks[:n]) for n in range(len(chunks))
+        ]
+        for chunk in chunks[:-1]:
+            assert chunk.data.endswith(b"\n")
+        lines = [line for chunk in chunks for line in chunk.lines()]
+        assert lines == _split_lines(text)
+        numbers = [chunk.first_line + n for chunk in chunks for n in range(len(chunk.lines()))]
+        assert numbers == list(range(1, len(lines) + 1))
+    assert list(_byte_chunks(tmp_path / "missing.jsonl")) == []
+
+
+@compiled_only
+def test_the_compiled_subtree_root_equals_rfc_6962() -> None:
+    from ledger import merkle
+
+    rng = random.Random(8)
+    for size in (1, 2, 4, 64, 1024):
+        hashes = [rng.randbytes(32) for _ in range(size)]
+        expected = bundle._subtree_root_python(hashes)
+        assert bundle._subtree_root_compiled(hashes) == expected
+        peaks: list[tuple[int, bytes]] = []
+        for leaf in hashes:
+            _push(peaks, leaf)
+        assert peaks == [(size.bit_length() - 1, expected)]
+    assert merkle.node_hash(b"a" * 32, b"b" * 32) == bundle._subtree_root_compiled(
+        [b"a" * 32, b"b" * 32]
+    )
+    for bad in (b"", b"x" * 31, b"x" * 96):
+        with pytest.raises(ValueError, match="a power of two"):
+            bundle._native.subtree_root(bad)

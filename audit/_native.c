@@ -1,0 +1,1153 @@
+/* The bundle verifier's hot loops in C, each the twin of a Python function that stays the
+ * reference (audit/native.py loads this module; without it the Python versions run):
+ *
+ *   scan        audit.leafscan._scan_python     the per-leaf checks and tallies
+ *   records     audit.leafscan._records_python  a run's lines of entries.jsonl and audit.jsonl
+ *   fold_lots   audit.leafscan._fold_lots_python  the cached lots' side of the tallies
+ *   fold        audit.tally._fold_python        a tally folded into its buckets
+ *   subtree_root  audit.bundle._subtree_root_python  a complete Merkle subtree (RFC 6962)
+ *
+ * Why C: per leaf, the Python loop spends most of its time between the compiled steps it
+ * calls (orjson, hashlib): checking the envelope, the entry's shape, its postings and lots, and
+ * adding to the tallies. Here those checks walk the objects orjson made, with no bytecode
+ * between them; SHA-256 is OpenSSL's, the library hashlib uses.
+ *
+ * What it trusts: nothing it did not check itself. It parses nothing by hand: orjson parses and
+ * re-serialises, exactly as in Python, and this code only reads the dicts, lists, strings and
+ * integers that come back. A leaf it has any doubt about goes, untouched, to the fallback
+ * (audit.leafscan._scan_line), which names what is wrong; nothing is tallied before a leaf has
+ * passed every check. tests/unit/test_leafscan.py holds every function here to its twin.
+ *
+ * One difference of means, not of verdict: where the Python loop searches the bytes for a number
+ * with a fraction or an exponent, this loop looks for a float among the parsed values, which is
+ * what that search stands for (orjson parses exactly those tokens as floats, and integers too
+ * large for 64 bits too). A float-looking token inside a string sends the Python loop the slow
+ * way and not this one; the slow way would accept the leaf all the same.
+ *
+ * Every function runs with the GIL held, which is what lets the module keep one OpenSSL context. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <openssl/evp.h>
+#include <string.h>
+
+/* Set once by configure(): the helpers the loop calls and the constants it compares with. */
+static PyObject *loads, *dumps, *option_kwnames, *sorted_option, *decode_error, *encode_error;
+static PyObject *entry_kinds, *audit_kind, *adjustment_kind, *accounts, *parse_account;
+static PyObject *known_stamp, *wide_text_ok, *is_normalized, *lot_terms;
+static PyObject *nfc, *digest_name, *copy_name, *update_name;
+static long long envelope_version;
+static Py_ssize_t max_depth;
+
+#define ENVELOPE_KEYS 8
+#define ENTRY_KEYS 14
+#define LOT_KEYS 8
+#define MAX_HELD 16 /* postings or lots held for tallying; a leaf with more takes the fallback */
+
+/* Interned member names, in sorted order as the canonical bytes hold them. */
+static const char *envelope_names[ENVELOPE_KEYS] = {
+    "committed_at", "entry", "index", "kind", "log", "nonce", "prev", "v"};
+static const char *entry_names[ENTRY_KEYS] = {
+    "attributes", "booked_at", "business_time", "credential", "id", "idempotency_key", "kind",
+    "lot_moves", "lots_opened", "lots_released", "partner", "postings", "reason", "refers_to"};
+static const char *lot_names[LOT_KEYS] = {
+    "amount", "earned_at", "expires_at", "funder", "id", "member", "pending_until",
+    "price_version"};
+static PyObject *envelope_keys[ENVELOPE_KEYS], *entry_keys[ENTRY_KEYS], *lot_keys[LOT_KEYS];
+static PyObject *key_account, *key_amount, *key_lot, *key_delta, *key_kind, *key_id;
+
+enum { E_STAMP, E_ENTRY, E_INDEX, E_KIND, E_LOG, E_NONCE, E_PREV, E_V };
+enum {
+    B_ATTRIBUTES, B_BOOKED_AT, B_BUSINESS_TIME, B_CREDENTIAL, B_ID, B_IDEMPOTENCY_KEY, B_KIND,
+    B_MOVES, B_OPENED, B_RELEASED, B_PARTNER, B_POSTINGS, B_REASON, B_REFERS_TO
+};
+enum { L_AMOUNT, L_EARNED, L_EXPIRES, L_FUNDER, L_ID, L_MEMBER, L_UNTIL, L_PRICE };
+
+static int
+intern_all(const char **names, PyObject **keys, int n)
+{
+    for (int i = 0; i < n; i++) {
+        keys[i] = PyUnicode_InternFromString(names[i]);
+        if (keys[i] == NULL)
+            return -1;
+    }
+    return 0;
+}
+
+/* 1 when ``d`` is a dict with exactly the ``n`` members ``keys`` (their values into ``out``, as
+ * borrowed references), 0 when not, -1 on error. */
+static int
+members(PyObject *d, PyObject **keys, Py_ssize_t n, PyObject **out)
+{
+    if (!PyDict_CheckExact(d) || PyDict_GET_SIZE(d) != n)
+        return 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        out[i] = PyDict_GetItemWithError(d, keys[i]);
+        if (out[i] == NULL)
+            return PyErr_Occurred() ? -1 : 0;
+    }
+    return 1;
+}
+
+static int
+is_lower_hex(unsigned char c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+}
+
+/* Whether ``s`` is a str of exactly ``n`` lowercase hex digits (the regex [0-9a-f]{n}). */
+static int
+is_hex(PyObject *s, Py_ssize_t n)
+{
+    if (!PyUnicode_CheckExact(s) || !PyUnicode_IS_ASCII(s) || PyUnicode_GET_LENGTH(s) != n)
+        return 0;
+    const unsigned char *p = PyUnicode_1BYTE_DATA(s);
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (!is_lower_hex(p[i]))
+            return 0;
+    return 1;
+}
+
+/* Whether ``s`` is a str holding a lowercase UUID, as audit.leafscan._UUID matches it. */
+static int
+is_uuid(PyObject *s)
+{
+    if (!PyUnicode_CheckExact(s) || !PyUnicode_IS_ASCII(s) || PyUnicode_GET_LENGTH(s) != 36)
+        return 0;
+    const unsigned char *p = PyUnicode_1BYTE_DATA(s);
+    for (int i = 0; i < 36; i++) {
+        if (i == 8 || i == 13 || i == 18 || i == 23) {
+            if (p[i] != '-')
+                return 0;
+        }
+        else if (!is_lower_hex(p[i]))
+            return 0;
+    }
+    return 1;
+}
+
+/* The value of an exact int, or 0 with *ok cleared when it is not one. The canonical round trip
+ * has already bounded every integer to ±(2^53 − 1). */
+static long long
+exact_int(PyObject *o, int *ok)
+{
+    if (!PyLong_CheckExact(o)) {
+        *ok = 0;
+        return 0;
+    }
+    int overflow = 0;
+    long long value = PyLong_AsLongLongAndOverflow(o, &overflow);
+    if (overflow || (value == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        *ok = 0;
+        return 0;
+    }
+    return value;
+}
+
+/* Whether a str is in NFC: 1, 0 or -1 (error). ASCII always is. */
+static int
+in_nfc(PyObject *text)
+{
+    if (PyUnicode_IS_ASCII(text))
+        return 1;
+    PyObject *args[2] = {nfc, text};
+    PyObject *verdict = PyObject_Vectorcall(is_normalized, args, 2, NULL);
+    int result = verdict == NULL ? -1 : PyObject_IsTrue(verdict);
+    Py_XDECREF(verdict);
+    return result;
+}
+
+/* Whether every value in ``o`` is one the round trip proves canonical: no float anywhere (a
+ * number with a fraction or an exponent, or an integer beyond 64 bits) and every string, key or
+ * value, in NFC. 1, 0 or -1 (error); the depth is bounded by the caller's bracket count.
+ *
+ * Text is checked string by string, not as the whole line: the same verdict, since every
+ * string is delimited by '"', which has combining class 0 and composes with nothing, so
+ * normalisation never reaches across it (UAX #15, stable code points). */
+static int
+plain_values(PyObject *o)
+{
+    if (PyUnicode_CheckExact(o))
+        return in_nfc(o);
+    if (PyFloat_Check(o))
+        return 0;
+    if (PyDict_CheckExact(o)) {
+        Py_ssize_t pos = 0;
+        PyObject *key, *value;
+        while (PyDict_Next(o, &pos, &key, &value)) {
+            int result = in_nfc(key);
+            if (result > 0)
+                result = plain_values(value);
+            if (result <= 0)
+                return result;
+        }
+    }
+    else if (PyList_CheckExact(o)) {
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(o); i++) {
+            int result = plain_values(PyList_GET_ITEM(o, i));
+            if (result <= 0)
+                return result;
+        }
+    }
+    return 1;
+}
+
+/* SHA-256 of prefix ‖ data (and ‖ more, when given) into out[32], with OpenSSL (the library
+ * hashlib uses), through one context kept for the module: every caller holds the GIL. */
+static EVP_MD_CTX *sha_context;
+
+static int
+sha256_of(unsigned char prefix, const void *data, size_t size, const void *more,
+          size_t more_size, unsigned char *out)
+{
+    unsigned int length = 0;
+    if (!(EVP_DigestInit_ex(sha_context, EVP_sha256(), NULL) &&
+          EVP_DigestUpdate(sha_context, &prefix, 1) &&
+          EVP_DigestUpdate(sha_context, data, size) &&
+          (more == NULL || EVP_DigestUpdate(sha_context, more, more_size)) &&
+          EVP_DigestFinal_ex(sha_context, out, &length) && length == 32)) {
+        PyErr_SetString(PyExc_RuntimeError, "OpenSSL's SHA-256 failed");
+        return -1;
+    }
+    return 0;
+}
+
+/* d[key] += value (a missing key counts as 0, as in the defaultdicts of audit.leafscan). */
+static int
+add_object(PyObject *d, PyObject *key, PyObject *value)
+{
+    PyObject *old = PyDict_GetItemWithError(d, key);
+    if (old == NULL) {
+        if (PyErr_Occurred())
+            return -1;
+        return PyDict_SetItem(d, key, value);
+    }
+    PyObject *sum = PyNumber_Add(old, value);
+    if (sum == NULL)
+        return -1;
+    int result = PyDict_SetItem(d, key, sum);
+    Py_DECREF(sum);
+    return result;
+}
+
+static int
+add(PyObject *d, PyObject *key, long long value)
+{
+    PyObject *number = PyLong_FromLongLong(value);
+    if (number == NULL)
+        return -1;
+    int result = add_object(d, key, number);
+    Py_DECREF(number);
+    return result;
+}
+
+/* A posting that passed its checks, held until the whole entry has. */
+typedef struct {
+    PyObject *account; /* borrowed from the entry */
+    long long amount;
+    PyObject *parsed; /* (is euro, member or None, is pending), a new reference */
+} Posting;
+
+typedef struct {
+    PyObject *lot; /* borrowed from the entry, as are its values */
+    PyObject *values[LOT_KEYS];
+    long long state;
+} Lot;
+
+/* audit.leafscan.lot_terms for a lot whose members have passed their checks (``values`` in
+ * sorted order): the first 8 bytes, as a big-endian integer, of SHA-256 of 0x02 ‖ the orjson
+ * bytes of (opened by, values). Should orjson refuse the values, the Python function decides. */
+#define TERMS_PREFIX 2
+static PyObject *
+terms_of(PyObject *opened_by, PyObject *lot, PyObject **values)
+{
+    PyObject *terms = PyTuple_New(1 + LOT_KEYS);
+    if (terms == NULL)
+        return NULL;
+    Py_INCREF(opened_by);
+    PyTuple_SET_ITEM(terms, 0, opened_by);
+    for (int i = 0; i < LOT_KEYS; i++) {
+        Py_INCREF(values[i]);
+        PyTuple_SET_ITEM(terms, 1 + i, values[i]);
+    }
+    PyObject *data = PyObject_CallOneArg(dumps, terms);
+    Py_DECREF(terms);
+    if (data == NULL) {
+        if (!PyErr_ExceptionMatches(encode_error))
+            return NULL;
+        PyErr_Clear();
+        return PyObject_CallFunctionObjArgs(lot_terms, opened_by, lot, NULL);
+    }
+    unsigned char digest[32];
+    int failed = sha256_of(TERMS_PREFIX, PyBytes_AS_STRING(data),
+                           (size_t)PyBytes_GET_SIZE(data), NULL, 0, digest);
+    Py_DECREF(data);
+    if (failed)
+        return NULL;
+    unsigned long long value = 0;
+    for (int i = 0; i < 8; i++)
+        value = value << 8 | digest[i];
+    return PyLong_FromUnsignedLongLong(value);
+}
+
+/* Whether ``name`` is a well-formed account: its parse, a new reference, or NULL with no error
+ * set when it is not one. */
+static PyObject *
+account_of(PyObject *name)
+{
+    PyObject *parsed = PyDict_GetItemWithError(accounts, name);
+    if (parsed != NULL && parsed != Py_None) {
+        Py_INCREF(parsed);
+        return parsed;
+    }
+    if (PyErr_Occurred())
+        return NULL;
+    parsed = PyObject_CallOneArg(parse_account, name);
+    if (parsed == Py_None) {
+        Py_DECREF(parsed);
+        return NULL;
+    }
+    if (parsed != NULL && !(PyTuple_CheckExact(parsed) && PyTuple_GET_SIZE(parsed) == 3)) {
+        Py_DECREF(parsed);
+        PyErr_SetString(PyExc_TypeError, "an account's parse is not a 3-tuple");
+        return NULL;
+    }
+    return parsed;
+}
+
+/* Check an entry body and, when it passes every check, add its effects to the tallies.
+ * Returns 1 (tallied), 0 (take the fallback; nothing tallied) or -1 (error). */
+static int
+entry(PyObject *body, PyObject *kind, PyObject **tallies)
+{
+    PyObject *f[ENTRY_KEYS];
+    Posting postings[MAX_HELD];
+    Lot lots[MAX_HELD];
+    Py_ssize_t n_postings = 0, n_lots = 0;
+    int result = members(body, entry_keys, ENTRY_KEYS, f);
+    if (result <= 0)
+        return result;
+    result = PyObject_RichCompareBool(f[B_KIND], kind, Py_EQ);
+    if (result <= 0)
+        return result;
+    PyObject *list_postings = f[B_POSTINGS], *opened = f[B_OPENED], *moves = f[B_MOVES];
+    PyObject *released = f[B_RELEASED], *reason = f[B_REASON];
+    if (!(is_uuid(f[B_ID]) && PyList_CheckExact(list_postings) &&
+          PyList_GET_SIZE(list_postings) >= 2 && PyList_GET_SIZE(list_postings) <= MAX_HELD &&
+          PyList_CheckExact(opened) && PyList_GET_SIZE(opened) <= MAX_HELD &&
+          PyList_CheckExact(moves) && PyList_CheckExact(released)))
+        return 0;
+    result = PyObject_RichCompareBool(kind, adjustment_kind, Py_EQ);
+    if (result < 0)
+        return -1;
+    if (result) {
+        if (!PyUnicode_CheckExact(reason))
+            return 0;
+        PyObject *stripped = PyObject_CallMethod(reason, "strip", NULL);
+        if (stripped == NULL)
+            return -1;
+        Py_ssize_t length = PyUnicode_GET_LENGTH(stripped);
+        Py_DECREF(stripped);
+        if (length == 0)
+            return 0;
+    }
+    result = 0;
+    long long points = 0, euros = 0;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(list_postings); i++) {
+        PyObject *p[2]; /* account, amount */
+        PyObject *keys[2] = {key_account, key_amount};
+        int shaped = members(PyList_GET_ITEM(list_postings, i), keys, 2, p);
+        if (shaped <= 0) {
+            result = shaped;
+            goto done;
+        }
+        int ok = PyUnicode_CheckExact(p[0]);
+        long long amount = exact_int(p[1], &ok);
+        if (!ok || amount == 0)
+            goto done;
+        PyObject *parsed = account_of(p[0]);
+        if (parsed == NULL) {
+            result = PyErr_Occurred() ? -1 : 0;
+            goto done;
+        }
+        postings[n_postings++] = (Posting){p[0], amount, parsed};
+        int is_euro = PyObject_IsTrue(PyTuple_GET_ITEM(parsed, 0));
+        if (is_euro < 0) {
+            result = -1;
+            goto done;
+        }
+        if (__builtin_add_overflow(is_euro ? euros : points, amount, is_euro ? &euros : &points))
+            goto done;
+    }
+    if (points || euros)
+        goto done;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(opened); i++) {
+        PyObject *lot = PyList_GET_ITEM(opened, i), *l[LOT_KEYS];
+        int shaped = members(lot, lot_keys, LOT_KEYS, l);
+        if (shaped <= 0) {
+            result = shaped;
+            goto done;
+        }
+        int ok = is_uuid(l[L_ID]);
+        long long amount = exact_int(l[L_AMOUNT], &ok);
+        if (!ok || amount <= 0)
+            goto done;
+        lots[n_lots].lot = lot;
+        memcpy(lots[n_lots].values, l, sizeof l);
+        lots[n_lots++].state = 2 * amount + (l[L_UNTIL] != Py_None);
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(moves); i++) {
+        PyObject *m[2]; /* delta, lot (sorted) */
+        PyObject *keys[2] = {key_delta, key_lot};
+        int shaped = members(PyList_GET_ITEM(moves, i), keys, 2, m);
+        if (shaped <= 0) {
+            result = shaped;
+            goto done;
+        }
+        int ok = is_uuid(m[1]);
+        long long delta = exact_int(m[0], &ok);
+        if (!ok || delta == 0)
+            goto done;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(released); i++)
+        if (!is_uuid(PyList_GET_ITEM(released, i)))
+            goto done;
+
+    /* Every check passed: the entry's effects. */
+    PyObject *balance = tallies[0], *cover = tallies[1], *pending = tallies[2];
+    PyObject *state = tallies[3], *terms = tallies[4];
+    result = -1;
+    for (Py_ssize_t i = 0; i < n_postings; i++) {
+        Posting *p = &postings[i];
+        if (add(balance, p->account, p->amount) < 0)
+            goto done;
+        PyObject *member = PyTuple_GET_ITEM(p->parsed, 1);
+        if (member != Py_None) {
+            int is_pending = PyObject_IsTrue(PyTuple_GET_ITEM(p->parsed, 2));
+            if (is_pending < 0 || add(is_pending ? pending : cover, member, p->amount) < 0)
+                goto done;
+        }
+    }
+    for (Py_ssize_t i = 0; i < n_lots; i++) {
+        PyObject *lot_id = lots[i].values[L_ID];
+        PyObject *digest = terms_of(f[B_ID], lots[i].lot, lots[i].values);
+        if (digest == NULL)
+            goto done;
+        int added = add_object(terms, lot_id, digest);
+        Py_DECREF(digest);
+        if (added < 0 || add(state, lot_id, lots[i].state) < 0)
+            goto done;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(moves); i++) {
+        PyObject *move = PyList_GET_ITEM(moves, i);
+        int ok = 1;
+        long long delta = exact_int(PyDict_GetItem(move, key_delta), &ok);
+        if (add(state, PyDict_GetItem(move, key_lot), 2 * delta) < 0)
+            goto done;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(released); i++)
+        if (add(state, PyList_GET_ITEM(released, i), -1) < 0)
+            goto done;
+    result = 1;
+done:
+    for (Py_ssize_t i = 0; i < n_postings; i++)
+        Py_DECREF(postings[i].parsed);
+    return result;
+}
+
+/* Check an audit event's body: an object of the envelope's kind with a UUID id. */
+static int
+audit_event(PyObject *body, PyObject *kind)
+{
+    PyObject *body_kind = PyDict_GetItemWithError(body, key_kind);
+    if (body_kind == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    int same = PyObject_RichCompareBool(body_kind, kind, Py_EQ);
+    if (same <= 0)
+        return same;
+    PyObject *event_id = PyDict_GetItemWithError(body, key_id);
+    if (event_id == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    return is_uuid(event_id);
+}
+
+/* The bytes of a 64-digit lowercase hex string (checked by the caller). */
+static PyObject *
+from_hex(PyObject *text)
+{
+    const unsigned char *p = PyUnicode_1BYTE_DATA(text);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, 32);
+    if (out == NULL)
+        return NULL;
+    unsigned char *o = (unsigned char *)PyBytes_AS_STRING(out);
+    for (int i = 0; i < 32; i++) {
+        unsigned char hi = p[2 * i], lo = p[2 * i + 1];
+        o[i] = (unsigned char)(((hi <= '9' ? hi - '0' : hi - 'a' + 10) << 4) |
+                               (lo <= '9' ? lo - '0' : lo - 'a' + 10));
+    }
+    return out;
+}
+
+/* SHA-256 of 0x00 ‖ line: the leaf hash (RFC 6962). */
+static PyObject *
+leaf_hash(PyObject *line)
+{
+    unsigned char digest[32];
+    if (sha256_of(0, PyBytes_AS_STRING(line), (size_t)PyBytes_GET_SIZE(line), NULL, 0, digest) <
+        0)
+        return NULL;
+    return PyBytes_FromStringAndSize((const char *)digest, 32);
+}
+
+PyDoc_STRVAR(subtree_root_doc,
+             "subtree_root(hashes) -> bytes\n\n"
+             "The root of a complete Merkle subtree (RFC 6962) over the 2^k leaf hashes "
+             "``hashes`` holds, 32 bytes each: every level hashed in place.");
+
+static PyObject *
+subtree_root(PyObject *module, PyObject *args)
+{
+    Py_buffer hashes;
+    if (!PyArg_ParseTuple(args, "y*", &hashes))
+        return NULL;
+    Py_ssize_t count = hashes.len / 32;
+    PyObject *root = NULL;
+    if (hashes.len % 32 != 0 || count == 0 || (count & (count - 1)) != 0) {
+        PyErr_SetString(PyExc_ValueError, "a power of two of 32-byte hashes");
+        PyBuffer_Release(&hashes);
+        return NULL;
+    }
+    unsigned char *level = PyMem_Malloc((size_t)hashes.len);
+    if (level == NULL) {
+        PyBuffer_Release(&hashes);
+        return PyErr_NoMemory();
+    }
+    memcpy(level, hashes.buf, (size_t)hashes.len);
+    PyBuffer_Release(&hashes);
+    for (; count > 1; count /= 2)
+        for (Py_ssize_t i = 0; i < count / 2; i++)
+            if (sha256_of(1, level + 64 * i, 64, NULL, 0, level + 32 * i) < 0)
+                goto done;
+    root = PyBytes_FromStringAndSize((const char *)level, 32);
+done:
+    PyMem_Free(level);
+    return root;
+}
+
+/* The parsed envelope when ``line`` is canonical as the quick test proves it, else NULL (with
+ * an error set only on a real error). */
+static PyObject *
+canonical_envelope(PyObject *line)
+{
+    const char *p = PyBytes_AS_STRING(line);
+    Py_ssize_t size = PyBytes_GET_SIZE(line), brackets = 0;
+    int beyond_bmp = 0;
+    if ((size >= 9 && memcmp(p, "{\"index\":", 9) == 0) || memchr(p, '\\', (size_t)size))
+        return NULL;
+    for (Py_ssize_t i = 0; i < size; i++) { /* no early exit: the compiler vectorises it */
+        unsigned char c = (unsigned char)p[i];
+        brackets += (c == '{') | (c == '[');
+        beyond_bmp |= c >= 0xF0;
+    }
+    if (brackets > max_depth)
+        return NULL;
+    PyObject *envelope = PyObject_CallOneArg(loads, line);
+    if (envelope == NULL)
+        goto refused;
+    if (!PyDict_CheckExact(envelope)) {
+        Py_DECREF(envelope);
+        return NULL;
+    }
+    PyObject *args[2] = {envelope, sorted_option};
+    PyObject *again = PyObject_Vectorcall(dumps, args, 1, option_kwnames);
+    if (again == NULL) {
+        Py_DECREF(envelope);
+        goto refused;
+    }
+    int same = PyBytes_GET_SIZE(again) == size &&
+               memcmp(PyBytes_AS_STRING(again), p, (size_t)size) == 0;
+    Py_DECREF(again);
+    if (same > 0)
+        same = plain_values(envelope);
+    if (same > 0 && beyond_bmp) { /* keys beyond U+FFFF sort differently in UTF-16 */
+        PyObject *verdict = PyObject_CallOneArg(wide_text_ok, line);
+        same = verdict == NULL ? -1 : PyObject_IsTrue(verdict);
+        Py_XDECREF(verdict);
+    }
+    if (same <= 0) {
+        Py_DECREF(envelope);
+        return NULL;
+    }
+    return envelope;
+refused:
+    if (PyErr_ExceptionMatches(decode_error) || PyErr_ExceptionMatches(encode_error))
+        PyErr_Clear();
+    return NULL;
+}
+
+/* One line: 1 when checked here (its tuple appended to ``scanned``), 0 when the fallback must
+ * take it, -1 on error. */
+static int
+scan_line(PyObject *line, Py_ssize_t line_no, PyObject **tallies, PyObject *timestamps,
+          PyObject *scanned)
+{
+    if (!PyBytes_CheckExact(line))
+        return 0;
+    PyObject *envelope = canonical_envelope(line);
+    if (envelope == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    PyObject *e[ENVELOPE_KEYS];
+    int result = members(envelope, envelope_keys, ENVELOPE_KEYS, e);
+    if (result <= 0)
+        goto done;
+    int ok = 1;
+    long long version = exact_int(e[E_V], &ok), index = exact_int(e[E_INDEX], &ok);
+    PyObject *stamp = e[E_STAMP], *kind = e[E_KIND], *body = e[E_ENTRY];
+    result = 0;
+    if (!(ok && version == envelope_version && index >= 0 && PyUnicode_CheckExact(e[E_LOG]) &&
+          PyUnicode_CheckExact(kind) && is_hex(e[E_PREV], 64) && is_hex(e[E_NONCE], 32) &&
+          PyDict_CheckExact(body) && PyUnicode_CheckExact(stamp)))
+        goto done;
+    result = PyDict_Contains(timestamps, stamp);
+    if (result == 0) {
+        PyObject *known = PyObject_CallFunctionObjArgs(known_stamp, stamp, timestamps, NULL);
+        result = known == NULL ? -1 : PyObject_IsTrue(known);
+        Py_XDECREF(known);
+    }
+    if (result <= 0)
+        goto done;
+    result = PySet_Contains(entry_kinds, kind);
+    if (result > 0)
+        result = entry(body, kind, tallies);
+    else if (result == 0) {
+        result = PyObject_RichCompareBool(kind, audit_kind, Py_EQ);
+        if (result > 0)
+            result = audit_event(body, kind);
+    }
+    if (result <= 0)
+        goto done;
+    result = -1;
+    PyObject *number = PyLong_FromSsize_t(line_no);
+    PyObject *prev = number == NULL ? NULL : from_hex(e[E_PREV]);
+    PyObject *hash = prev == NULL ? NULL : leaf_hash(line);
+    PyObject *item = hash == NULL ? NULL
+                                  : PyTuple_Pack(9, number, e[E_LOG], e[E_INDEX], prev, hash,
+                                                 stamp, kind, Py_None, Py_None);
+    if (item != NULL)
+        result = PyList_Append(scanned, item) < 0 ? -1 : 1;
+    Py_XDECREF(item);
+    Py_XDECREF(hash);
+    Py_XDECREF(prev);
+    Py_XDECREF(number);
+done:
+    Py_DECREF(envelope);
+    return result;
+}
+
+PyDoc_STRVAR(scan_doc,
+             "scan(lines, first_line, tallies, timestamps, scanned, fallback) -> list[int]\n\n"
+             "audit.leafscan._scan_python in C: ``tallies`` is (balance, cover, pending, "
+             "lot-state, lot-terms); ``fallback(line, line_no)`` returns the tuple of a line "
+             "this loop does not take. Returns the positions of the leaves it took.");
+
+static PyObject *
+scan(PyObject *module, PyObject *args)
+{
+    PyObject *lines, *timestamps, *scanned, *fallback, *tallies_tuple;
+    Py_ssize_t first_line;
+    if (!PyArg_ParseTuple(args, "OnO!O!O!O", &lines, &first_line, &PyTuple_Type, &tallies_tuple,
+                          &PyDict_Type, &timestamps, &PyList_Type, &scanned, &fallback))
+        return NULL;
+    if (loads == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "audit._native.configure() was not called");
+        return NULL;
+    }
+    PyObject *tallies[5];
+    if (PyTuple_GET_SIZE(tallies_tuple) != 5) {
+        PyErr_SetString(PyExc_ValueError, "tallies must be five dicts");
+        return NULL;
+    }
+    for (int i = 0; i < 5; i++) {
+        tallies[i] = PyTuple_GET_ITEM(tallies_tuple, i);
+        if (!PyDict_Check(tallies[i])) {
+            PyErr_SetString(PyExc_TypeError, "tallies must be five dicts");
+            return NULL;
+        }
+    }
+    PyObject *sequence = PySequence_Fast(lines, "lines must be a sequence");
+    if (sequence == NULL)
+        return NULL;
+    PyObject *taken = PyList_New(0);
+    if (taken == NULL)
+        goto error;
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(sequence); i++) {
+        PyObject *line = PySequence_Fast_GET_ITEM(sequence, i);
+        Py_ssize_t line_no = first_line + i;
+        int result = scan_line(line, line_no, tallies, timestamps, scanned);
+        if (result < 0)
+            goto error;
+        PyObject *item = result ? PyLong_FromSsize_t(i)
+                                : PyObject_CallFunction(fallback, "On", line, line_no);
+        if (item == NULL)
+            goto error;
+        int appended = PyList_Append(result ? taken : scanned, item);
+        Py_DECREF(item);
+        if (appended < 0)
+            goto error;
+    }
+    Py_DECREF(sequence);
+    return taken;
+error:
+    Py_DECREF(sequence);
+    Py_XDECREF(taken);
+    return NULL;
+}
+
+/* Where the entry record sits in a leaf's canonical bytes: from after the first "entry": to the
+ * last ,"index": (audit.leafscan.body_slice). 0 when the markers are not both there. */
+static int
+body_bounds(PyObject *line, Py_ssize_t *start, Py_ssize_t *end)
+{
+    static const char open[] = "\"entry\":", close[] = ",\"index\":";
+    const char *p = PyBytes_AS_STRING(line);
+    Py_ssize_t size = PyBytes_GET_SIZE(line);
+    const char *found = memmem(p, (size_t)size, open, sizeof open - 1);
+    if (found == NULL)
+        return 0;
+    *start = found - p + (Py_ssize_t)(sizeof open - 1);
+    for (Py_ssize_t i = size - (Py_ssize_t)(sizeof close - 1); i >= *start; i--)
+        if (memcmp(p + i, close, sizeof close - 1) == 0) {
+            *end = i;
+            return 1;
+        }
+    return 0;
+}
+
+PyDoc_STRVAR(records_doc,
+             "records(lines, kinds, first, log_json) -> (entries, events)\n\n"
+             "audit.leafscan._records_python in C: the lines entries.jsonl and audit.jsonl "
+             "hold for these leaves.");
+
+static PyObject *
+records(PyObject *module, PyObject *args)
+{
+    PyObject *lines, *kinds, *log_json;
+    long long first;
+    if (!PyArg_ParseTuple(args, "O!ULO!", &PyList_Type, &lines, &kinds, &first, &PyBytes_Type,
+                          &log_json))
+        return NULL;
+    Py_ssize_t count = PyList_GET_SIZE(lines);
+    if (PyUnicode_GET_LENGTH(kinds) != count || !PyUnicode_IS_ASCII(kinds)) {
+        PyErr_SetString(PyExc_ValueError, "one ASCII kind letter per line");
+        return NULL;
+    }
+    const char *letters = (const char *)PyUnicode_1BYTE_DATA(kinds);
+    /* {"index":N,"log":L,"queued":false,"record":B}\n: 9 + digits + 7 + L + 25 + B + 2. */
+    Py_ssize_t fixed = 9 + 20 + 7 + PyBytes_GET_SIZE(log_json) + 25 + 2, sizes[2] = {0, 0};
+    Py_ssize_t *bounds = PyMem_Malloc(sizeof(Py_ssize_t) * 2 * (size_t)(count ? count : 1));
+    if (bounds == NULL)
+        return PyErr_NoMemory();
+    PyObject *out[2] = {NULL, NULL}, *result = NULL;
+    for (Py_ssize_t n = 0; n < count; n++) {
+        PyObject *line = PyList_GET_ITEM(lines, n);
+        if (!PyBytes_CheckExact(line) || !body_bounds(line, &bounds[2 * n], &bounds[2 * n + 1])) {
+            PyErr_SetString(PyExc_ValueError, "a line without an entry record");
+            goto done;
+        }
+        sizes[letters[n] != 'E'] += fixed + bounds[2 * n + 1] - bounds[2 * n];
+    }
+    char *at[2];
+    for (int i = 0; i < 2; i++) {
+        out[i] = PyBytes_FromStringAndSize(NULL, sizes[i]);
+        if (out[i] == NULL)
+            goto done;
+        at[i] = PyBytes_AS_STRING(out[i]);
+    }
+    for (Py_ssize_t n = 0; n < count; n++) {
+        int which = letters[n] != 'E';
+        char *o = at[which];
+        o += sprintf(o, "{\"index\":%lld,\"log\":", first + n);
+        memcpy(o, PyBytes_AS_STRING(log_json), (size_t)PyBytes_GET_SIZE(log_json));
+        o += PyBytes_GET_SIZE(log_json);
+        memcpy(o, ",\"queued\":false,\"record\":", 25);
+        o += 25;
+        Py_ssize_t length = bounds[2 * n + 1] - bounds[2 * n];
+        memcpy(o, PyBytes_AS_STRING(PyList_GET_ITEM(lines, n)) + bounds[2 * n], (size_t)length);
+        o += length;
+        *o++ = '}';
+        *o++ = '\n';
+        at[which] = o;
+    }
+    for (int i = 0; i < 2; i++) /* the index took fewer than 20 digits: trim the spare bytes */
+        if (_PyBytes_Resize(&out[i], at[i] - PyBytes_AS_STRING(out[i])) < 0)
+            goto done;
+    result = PyTuple_Pack(2, out[0], out[1]);
+done:
+    PyMem_Free(bounds);
+    Py_XDECREF(out[0]);
+    Py_XDECREF(out[1]);
+    return result;
+}
+
+/* -- audit.tally.fold_many's inner loop ------------------------------------------------------ */
+
+#define MERSENNE_61 ((1ULL << 61) - 1)
+
+static unsigned long long
+mod_p(unsigned __int128 value)
+{
+    /* 2^61 ≡ 1 (mod 2^61 − 1): fold the high bits onto the low ones, twice, then subtract. */
+    unsigned __int128 folded = (value & MERSENNE_61) + (value >> 61);
+    folded = (folded & MERSENNE_61) + (folded >> 61);
+    unsigned long long result = (unsigned long long)folded;
+    return result >= MERSENNE_61 ? result - MERSENNE_61 : result;
+}
+
+/* The residue of a Python int modulo 2^61 − 1, in [0, p); (unsigned long long)-1 on error. */
+static unsigned long long
+residue(PyObject *value)
+{
+    int overflow = 0;
+    long long small = PyLong_AsLongLongAndOverflow(value, &overflow);
+    if (!overflow) {
+        if (small == -1 && PyErr_Occurred())
+            return (unsigned long long)-1;
+        long long r = small % (long long)MERSENNE_61;
+        return (unsigned long long)(r < 0 ? r + (long long)MERSENNE_61 : r);
+    }
+    PyObject *p = PyLong_FromUnsignedLongLong(MERSENNE_61);
+    PyObject *r = p == NULL ? NULL : PyNumber_Remainder(value, p); /* Python's: in [0, p) */
+    Py_XDECREF(p);
+    if (r == NULL)
+        return (unsigned long long)-1;
+    unsigned long long result = PyLong_AsUnsignedLongLong(r);
+    Py_DECREF(r);
+    return result;
+}
+
+PyDoc_STRVAR(fold_doc,
+             "fold(values, keyed, buckets, slots) -> dict[int, int]\n\n"
+             "audit.tally._fold_python in C: {bucket: Σ weight × value mod p} over the non-zero "
+             "values, each key's (bucket, weight) taken from ``slots`` or derived from a copy "
+             "of ``keyed`` (a keyed BLAKE2b-128) and kept there.");
+
+static PyObject *
+fold(PyObject *module, PyObject *args)
+{
+    PyObject *values, *keyed, *slots;
+    Py_ssize_t buckets;
+    if (!PyArg_ParseTuple(args, "O!OnO!", &PyDict_Type, &values, &keyed, &buckets, &PyDict_Type,
+                          &slots))
+        return NULL;
+    if (buckets <= 0) {
+        PyErr_SetString(PyExc_ValueError, "buckets must be positive");
+        return NULL;
+    }
+    unsigned long long *sums = PyMem_Calloc((size_t)buckets, sizeof *sums);
+    unsigned char *touched = PyMem_Calloc((size_t)buckets, 1);
+    Py_ssize_t *order = PyMem_Malloc(sizeof *order * (size_t)buckets), n_touched = 0;
+    PyObject *out = NULL;
+    if (sums == NULL || touched == NULL || order == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(values, &pos, &key, &value)) {
+        int nonzero = PyObject_IsTrue(value);
+        if (nonzero < 0)
+            goto done;
+        if (!nonzero)
+            continue;
+        if (!PyLong_Check(value) || !PyUnicode_Check(key)) {
+            PyErr_SetString(PyExc_TypeError, "fold() takes str keys and int values");
+            goto done;
+        }
+        PyObject *found = PyDict_GetItemWithError(slots, key);
+        Py_ssize_t bucket;
+        unsigned long long weight;
+        if (found != NULL) {
+            if (!PyTuple_CheckExact(found) || PyTuple_GET_SIZE(found) != 2) {
+                PyErr_SetString(PyExc_TypeError, "a kept slot is not (bucket, weight)");
+                goto done;
+            }
+            bucket = PyLong_AsSsize_t(PyTuple_GET_ITEM(found, 0));
+            weight = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(found, 1));
+            if (PyErr_Occurred())
+                goto done;
+        }
+        else {
+            if (PyErr_Occurred())
+                goto done;
+            Py_ssize_t size;
+            const char *utf8 = PyUnicode_AsUTF8AndSize(key, &size);
+            if (utf8 == NULL)
+                goto done;
+            PyObject *hasher = PyObject_CallMethodNoArgs(keyed, copy_name);
+            if (hasher == NULL)
+                goto done;
+            PyObject *data = PyBytes_FromStringAndSize(utf8, size);
+            PyObject *none = data == NULL ? NULL
+                                          : PyObject_CallMethodOneArg(hasher, update_name, data);
+            PyObject *digest = none == NULL ? NULL
+                                            : PyObject_CallMethodNoArgs(hasher, digest_name);
+            Py_XDECREF(data);
+            Py_XDECREF(none);
+            Py_DECREF(hasher);
+            if (digest == NULL)
+                goto done;
+            if (PyBytes_GET_SIZE(digest) != 16) {
+                Py_DECREF(digest);
+                PyErr_SetString(PyExc_ValueError, "the keyed hash must give 16 bytes");
+                goto done;
+            }
+            const unsigned char *d = (const unsigned char *)PyBytes_AS_STRING(digest);
+            unsigned long long high = 0, low = 0;
+            for (int i = 0; i < 8; i++) {
+                high = high << 8 | d[i];
+                low = low << 8 | d[8 + i];
+            }
+            Py_DECREF(digest);
+            bucket = (Py_ssize_t)(high % (unsigned long long)buckets);
+            weight = low % MERSENNE_61;
+            PyObject *slot = Py_BuildValue("(nK)", bucket, weight);
+            if (slot == NULL || PyDict_SetItem(slots, key, slot) < 0) {
+                Py_XDECREF(slot);
+                goto done;
+            }
+            Py_DECREF(slot);
+        }
+        if (bucket < 0 || bucket >= buckets) {
+            PyErr_SetString(PyExc_ValueError, "a kept slot is out of range");
+            goto done;
+        }
+        unsigned long long v = residue(value);
+        if (v == (unsigned long long)-1 && PyErr_Occurred())
+            goto done;
+        sums[bucket] = mod_p((unsigned __int128)sums[bucket] + (unsigned __int128)weight * v);
+        if (!touched[bucket]) {
+            touched[bucket] = 1;
+            order[n_touched++] = bucket;
+        }
+    }
+    out = PyDict_New();
+    for (Py_ssize_t i = 0; out != NULL && i < n_touched; i++) {
+        PyObject *b = PyLong_FromSsize_t(order[i]);
+        PyObject *total = PyLong_FromUnsignedLongLong(sums[order[i]]);
+        if (b == NULL || total == NULL || PyDict_SetItem(out, b, total) < 0)
+            Py_CLEAR(out);
+        Py_XDECREF(b);
+        Py_XDECREF(total);
+    }
+done:
+    PyMem_Free(sums);
+    PyMem_Free(touched);
+    PyMem_Free(order);
+    return out;
+}
+
+/* -- audit.leafscan._fold_lots ---------------------------------------------------------------- */
+
+static PyObject *key_remaining, *key_member, *key_opened_by, *key_pending, *not_a_lot;
+
+PyDoc_STRVAR(fold_lots_doc,
+             "fold_lots(lines, first_line, tallies, errors)\n\n"
+             "audit.leafscan._fold_lots_python in C: ``tallies`` is (lot-state, lot-terms, "
+             "cover, pending).");
+
+static PyObject *
+fold_lots(PyObject *module, PyObject *args)
+{
+    PyObject *lines, *tallies, *errors;
+    Py_ssize_t first_line;
+    if (!PyArg_ParseTuple(args, "O!nO!O!", &PyList_Type, &lines, &first_line, &PyTuple_Type,
+                          &tallies, &PyList_Type, &errors))
+        return NULL;
+    if (PyTuple_GET_SIZE(tallies) != 4) {
+        PyErr_SetString(PyExc_ValueError, "tallies must be four dicts");
+        return NULL;
+    }
+    PyObject *state = PyTuple_GET_ITEM(tallies, 0), *terms = PyTuple_GET_ITEM(tallies, 1);
+    PyObject *cover = PyTuple_GET_ITEM(tallies, 2), *pending = PyTuple_GET_ITEM(tallies, 3);
+    for (Py_ssize_t n = 0; n < PyList_GET_SIZE(lines); n++) {
+        PyObject *row = PyObject_CallOneArg(loads, PyList_GET_ITEM(lines, n));
+        if (row == NULL) {
+            if (!PyErr_ExceptionMatches(decode_error))
+                return NULL;
+            PyErr_Clear();
+        }
+        int taken = 0;
+        if (row != NULL && PyDict_CheckExact(row)) {
+            PyObject *remaining = PyDict_GetItemWithError(row, key_remaining);
+            PyObject *lot_id = PyDict_GetItemWithError(row, key_id);
+            PyObject *member = PyDict_GetItemWithError(row, key_member);
+            PyObject *opened_by = PyDict_GetItemWithError(row, key_opened_by);
+            if (PyErr_Occurred())
+                goto error;
+            if (remaining != NULL && PyLong_CheckExact(remaining) && lot_id != NULL &&
+                PyUnicode_Check(lot_id) && member != NULL && PyUnicode_Check(member) &&
+                opened_by != NULL && PyUnicode_Check(opened_by)) {
+                PyObject *flag = PyDict_GetItemWithError(row, key_pending);
+                int is_pending = flag == NULL ? 0 : PyObject_IsTrue(flag);
+                if (PyErr_Occurred())
+                    goto error;
+                PyObject *values[LOT_KEYS];
+                for (int i = 0; i < LOT_KEYS; i++) {
+                    values[i] = PyDict_GetItemWithError(row, lot_keys[i]);
+                    if (values[i] == NULL) {
+                        if (PyErr_Occurred())
+                            goto error;
+                        values[i] = Py_None;
+                    }
+                }
+                PyObject *digest = terms_of(opened_by, row, values);
+                if (digest == NULL)
+                    goto error;
+                int added = add_object(terms, lot_id, digest);
+                Py_DECREF(digest);
+                PyObject *two = added < 0 ? NULL : PyLong_FromLong(2);
+                PyObject *twice = two == NULL ? NULL : PyNumber_Multiply(two, remaining);
+                PyObject *opened = twice == NULL ? NULL
+                                                 : PyNumber_Add(twice, is_pending ? Py_True
+                                                                                  : Py_False);
+                Py_XDECREF(two);
+                Py_XDECREF(twice);
+                if (opened == NULL)
+                    goto error;
+                added = add_object(state, lot_id, opened);
+                Py_DECREF(opened);
+                if (added < 0 || add_object(is_pending ? pending : cover, member, remaining) < 0)
+                    goto error;
+                taken = 1;
+            }
+        }
+        Py_XDECREF(row);
+        row = NULL;
+        if (!taken) {
+            PyObject *error = Py_BuildValue("(NO)",
+                                            PyUnicode_FromFormat("lots.jsonl:%zd", first_line + n),
+                                            not_a_lot);
+            if (error == NULL || PyList_Append(errors, error) < 0) {
+                Py_XDECREF(error);
+                return NULL;
+            }
+            Py_DECREF(error);
+        }
+        continue;
+    error:
+        Py_XDECREF(row);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(configure_doc, "configure(**helpers): the helpers and constants scan() uses.");
+
+static int
+take(PyObject *kwargs, const char *name, PyObject **slot)
+{
+    PyObject *value = PyDict_GetItemString(kwargs, name);
+    if (value == NULL) {
+        PyErr_Format(PyExc_TypeError, "configure() needs %s", name);
+        return -1;
+    }
+    Py_INCREF(value);
+    Py_XSETREF(*slot, value);
+    return 0;
+}
+
+static PyObject *
+configure(PyObject *module, PyObject *args, PyObject *kwargs)
+{
+    PyObject *version = NULL, *depth = NULL;
+    if (PyTuple_GET_SIZE(args) != 0 || kwargs == NULL) {
+        PyErr_SetString(PyExc_TypeError, "configure() takes keyword arguments only");
+        return NULL;
+    }
+    if (take(kwargs, "loads", &loads) < 0 || take(kwargs, "dumps", &dumps) < 0 ||
+        take(kwargs, "sorted_option", &sorted_option) < 0 ||
+        take(kwargs, "decode_error", &decode_error) < 0 ||
+        take(kwargs, "encode_error", &encode_error) < 0 ||
+        take(kwargs, "entry_kinds", &entry_kinds) < 0 ||
+        take(kwargs, "audit_kind", &audit_kind) < 0 ||
+        take(kwargs, "accounts", &accounts) < 0 ||
+        take(kwargs, "parse_account", &parse_account) < 0 ||
+        take(kwargs, "known_stamp", &known_stamp) < 0 ||
+        take(kwargs, "wide_text_ok", &wide_text_ok) < 0 ||
+        take(kwargs, "is_normalized", &is_normalized) < 0 ||
+        take(kwargs, "lot_terms", &lot_terms) < 0 ||
+        take(kwargs, "envelope_version", &version) < 0 || take(kwargs, "max_depth", &depth) < 0)
+        goto error;
+    if (!PyDict_CheckExact(accounts) || !PyAnySet_CheckExact(entry_kinds)) {
+        PyErr_SetString(PyExc_TypeError, "accounts must be a dict, entry_kinds a frozenset");
+        goto error;
+    }
+    envelope_version = PyLong_AsLongLong(version);
+    max_depth = PyLong_AsSsize_t(depth);
+    Py_DECREF(version);
+    Py_DECREF(depth);
+    if (PyErr_Occurred())
+        return NULL;
+    Py_RETURN_NONE;
+error:
+    Py_XDECREF(version);
+    Py_XDECREF(depth);
+    return NULL;
+}
+
+static PyMethodDef methods[] = {
+    {"scan", scan, METH_VARARGS, scan_doc},
+    {"records", records, METH_VARARGS, records_doc},
+    {"fold", fold, METH_VARARGS, fold_doc},
+    {"subtree_root", subtree_root, METH_VARARGS, subtree_root_doc},
+    {"fold_lots", fold_lots, METH_VARARGS, fold_lots_doc},
+    {"configure", (PyCFunction)(void (*)(void))configure, METH_VARARGS | METH_KEYWORDS,
+     configure_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "audit._native",
+    "The bundle scan's inlined loop in C (see audit/_native.c and audit.leafscan).", -1, methods,
+};
+
+PyMODINIT_FUNC
+PyInit__native(void)
+{
+    if (intern_all(envelope_names, envelope_keys, ENVELOPE_KEYS) < 0 ||
+        intern_all(entry_names, entry_keys, ENTRY_KEYS) < 0 ||
+        intern_all(lot_names, lot_keys, LOT_KEYS) < 0)
+        return NULL;
+    key_account = PyUnicode_InternFromString("account");
+    key_amount = PyUnicode_InternFromString("amount");
+    key_lot = PyUnicode_InternFromString("lot");
+    key_delta = PyUnicode_InternFromString("delta");
+    key_kind = PyUnicode_InternFromString("kind");
+    key_id = PyUnicode_InternFromString("id");
+    adjustment_kind = PyUnicode_InternFromString("ADJUSTMENT");
+    digest_name = PyUnicode_InternFromString("digest");
+    copy_name = PyUnicode_InternFromString("copy");
+    update_name = PyUnicode_InternFromString("update");
+    nfc = PyUnicode_InternFromString("NFC");
+    key_remaining = PyUnicode_InternFromString("remaining");
+    key_member = PyUnicode_InternFromString("member");
+    key_opened_by = PyUnicode_InternFromString("opened_by");
+    key_pending = PyUnicode_InternFromString("pending");
+    not_a_lot = PyUnicode_InternFromString("not a lot");
+    sha_context = EVP_MD_CTX_new();
+    /* Interned: orjson tells its keyword arguments apart by identity. */
+    PyObject *option_name = PyUnicode_InternFromString("option");
+    option_kwnames = option_name == NULL ? NULL : PyTuple_Pack(1, option_name);
+    Py_XDECREF(option_name);
+    if (!key_account || !key_amount || !key_lot || !key_delta || !key_kind || !key_id ||
+        !adjustment_kind || !digest_name || !option_kwnames || !copy_name || !update_name ||
+        !nfc || !sha_context || !key_remaining || !key_member ||
+        !key_opened_by || !key_pending || !not_a_lot)
+        return NULL;
+    PyObject *module = PyModule_Create(&module_def);
+    /* Raised whenever a function's arguments or results change: audit.leafscan ignores a
+     * module built from other sources (a stale build left beside newer ones). */
+    if (module != NULL && PyModule_AddIntConstant(module, "INTERFACE", 1) < 0)
+        Py_CLEAR(module);
+    return module;
+}
