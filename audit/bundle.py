@@ -651,7 +651,7 @@ class _BundleVerifier:
         ):
             return False
         hashes = run.hashes
-        self._grow(state, [hashes[i : i + 32] for i in range(0, 32 * count, 32)])
+        self._grow(state, hashes)
         self.leaves += count
         state.last_index = run.first + count - 1
         state.expected = run.first + count
@@ -660,20 +660,21 @@ class _BundleVerifier:
         self._records(state, run, chunk, entries, events)
         return True
 
-    def _grow(self, state: _LogState, hashes: list[bytes]) -> None:
-        """Push leaf hashes onto the tree, checking the signed roots at every size on the way."""
+    def _grow(self, state: _LogState, hashes: bytes) -> None:
+        """Push leaf hashes (32 bytes each, end to end) onto the tree, checking the signed roots
+        at every size on the way."""
         start = state.count
-        end = start + len(hashes)
+        end = start + len(hashes) // 32
         if state.sizes is None:
             state.sizes = sorted(state.checkpoints)
         sizes = state.sizes
         done = 0
         for size in sizes[bisect_right(sizes, start) : bisect_right(sizes, end)]:
-            _push_many(state.peaks, hashes[done : size - start])
+            _push_many(state.peaks, hashes[32 * done : 32 * (size - start)])
             done = size - start
             state.count = size
             self._roots_at(state, size)
-        _push_many(state.peaks, hashes[done:])
+        _push_many(state.peaks, hashes[32 * done :])
         state.count = end
 
     def _records(
@@ -1344,16 +1345,16 @@ def _push(peaks: list[tuple[int, bytes]], leaf: bytes) -> None:
     peaks.append((level, value))
 
 
-def _push_many(peaks: list[tuple[int, bytes]], hashes: list[bytes]) -> None:
+def _push_many(peaks: list[tuple[int, bytes]], hashes: bytes) -> None:
     """:func:`_push` of each of ``hashes`` in turn, a complete subtree at a time: each one as
     large as the tree's alignment and what is left allow, hashed level by level."""
     subtree_root = SUBTREE_ROOTS[-1]
-    done, total = 0, len(hashes)
+    done, total = 0, len(hashes) // 32
     while done < total:
         level = (total - done).bit_length() - 1
         if peaks:
             level = min(level, peaks[-1][0])
-        value = subtree_root(hashes[done : done + (1 << level)])
+        value = subtree_root(hashes[32 * done : 32 * (done + (1 << level))])
         done += 1 << level
         while peaks and peaks[-1][0] == level:
             value = merkle.node_hash(peaks.pop()[1], value)
@@ -1361,26 +1362,21 @@ def _push_many(peaks: list[tuple[int, bytes]], hashes: list[bytes]) -> None:
         peaks.append((level, value))
 
 
-def _subtree_root_python(nodes: list[bytes]) -> bytes:
-    """The root of a complete subtree over ``nodes`` (a power of two of them), level by
-    level."""
+def _subtree_root_python(hashes: bytes) -> bytes:
+    """The root of a complete subtree over ``hashes`` (a power of two of them, 32 bytes each,
+    end to end), level by level."""
     sha256 = hashlib.sha256
+    nodes = [hashes[i : i + 32] for i in range(0, len(hashes), 32)]
     while len(nodes) > 1:
         pairs = zip(nodes[::2], nodes[1::2], strict=True)
         nodes = [sha256(b"\x01" + left + right).digest() for left, right in pairs]
     return nodes[0]
 
 
-def _subtree_root_compiled(nodes: list[bytes]) -> bytes:
-    """:func:`_subtree_root_python` in C (``audit/_native.c``)."""
-    assert _native is not None
-    return _native.subtree_root(b"".join(nodes))
-
-
 #: The ways to hash a complete subtree, the fastest last: Python, then C where it was built.
 SUBTREE_ROOTS = [_subtree_root_python]
 if _native is not None:
-    SUBTREE_ROOTS.append(_subtree_root_compiled)
+    SUBTREE_ROOTS.append(_native.subtree_root)
 
 
 def _root(peaks: list[tuple[int, bytes]]) -> bytes:
