@@ -105,13 +105,16 @@ def _guard_rails() -> None:
             f"CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table} "
             f"FOR EACH STATEMENT EXECUTE FUNCTION coalition_refuse_change()"
         )
-    # Roles are cluster-wide: create it once, grant per database.
+    # Roles are cluster-wide: create it once, grant per database. Two databases migrated at the
+    # same time (parallel test workers on a new cluster) can both find it missing: the loser's
+    # CREATE fails with unique_violation, which means it is there.
     op.execute(
         f"""
         DO $$ BEGIN
             IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{APP_ROLE}') THEN
                 CREATE ROLE {APP_ROLE} NOLOGIN;
             END IF;
+        EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
         END $$;
         """
     )
