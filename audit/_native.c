@@ -24,7 +24,7 @@
  * large for 64 bits too). A float-looking token inside a string sends the Python loop the slow
  * way and not this one; the slow way would accept the leaf all the same.
  *
- * Every function runs with the GIL held, which is what lets the module keep one OpenSSL context. */
+ * Every function runs with the GIL held. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <openssl/evp.h>
@@ -192,19 +192,18 @@ plain_values(PyObject *o)
     return 1;
 }
 
-/* SHA-256 of prefix ‖ data (and ‖ more, when given) into out[32], with OpenSSL (the library
- * hashlib uses), through one context kept for the module: every caller holds the GIL. */
+/* SHA-256 of prefix ‖ data into out[32], with OpenSSL (the library hashlib uses), through one
+ * context kept for the module: its callers hold the GIL, and it calls no Python code, so no
+ * other thread can come in between. */
 static EVP_MD_CTX *sha_context;
 
 static int
-sha256_of(unsigned char prefix, const void *data, size_t size, const void *more,
-          size_t more_size, unsigned char *out)
+sha256_of(unsigned char prefix, const void *data, size_t size, unsigned char *out)
 {
     unsigned int length = 0;
     if (!(EVP_DigestInit_ex(sha_context, EVP_sha256(), NULL) &&
           EVP_DigestUpdate(sha_context, &prefix, 1) &&
           EVP_DigestUpdate(sha_context, data, size) &&
-          (more == NULL || EVP_DigestUpdate(sha_context, more, more_size)) &&
           EVP_DigestFinal_ex(sha_context, out, &length) && length == 32)) {
         PyErr_SetString(PyExc_RuntimeError, "OpenSSL's SHA-256 failed");
         return -1;
@@ -279,8 +278,8 @@ terms_of(PyObject *opened_by, PyObject *lot, PyObject **values)
         return PyObject_CallFunctionObjArgs(lot_terms, opened_by, lot, NULL);
     }
     unsigned char digest[32];
-    int failed = sha256_of(TERMS_PREFIX, PyBytes_AS_STRING(data),
-                           (size_t)PyBytes_GET_SIZE(data), NULL, 0, digest);
+    int failed =
+        sha256_of(TERMS_PREFIX, PyBytes_AS_STRING(data), (size_t)PyBytes_GET_SIZE(data), digest);
     Py_DECREF(data);
     if (failed)
         return NULL;
@@ -493,8 +492,7 @@ static PyObject *
 leaf_hash(PyObject *line)
 {
     unsigned char digest[32];
-    if (sha256_of(0, PyBytes_AS_STRING(line), (size_t)PyBytes_GET_SIZE(line), NULL, 0, digest) <
-        0)
+    if (sha256_of(0, PyBytes_AS_STRING(line), (size_t)PyBytes_GET_SIZE(line), digest) < 0)
         return NULL;
     return PyBytes_FromStringAndSize((const char *)digest, 32);
 }
@@ -526,7 +524,7 @@ subtree_root(PyObject *module, PyObject *args)
     PyBuffer_Release(&hashes);
     for (; count > 1; count /= 2)
         for (Py_ssize_t i = 0; i < count / 2; i++)
-            if (sha256_of(1, level + 64 * i, 64, NULL, 0, level + 32 * i) < 0)
+            if (sha256_of(1, level + 64 * i, 64, level + 32 * i) < 0)
                 goto done;
     root = PyBytes_FromStringAndSize((const char *)level, 32);
 done:
@@ -737,6 +735,10 @@ records(PyObject *module, PyObject *args)
                           &log_json))
         return NULL;
     Py_ssize_t count = PyList_GET_SIZE(lines);
+    if (first < 0 || first > LLONG_MAX - count) {
+        PyErr_SetString(PyExc_ValueError, "indices must be non-negative 64-bit integers");
+        return NULL;
+    }
     if (PyUnicode_GET_LENGTH(kinds) != count || !PyUnicode_IS_ASCII(kinds)) {
         PyErr_SetString(PyExc_ValueError, "one ASCII kind letter per line");
         return NULL;
@@ -896,7 +898,7 @@ fold(PyObject *module, PyObject *args)
             Py_DECREF(hasher);
             if (digest == NULL)
                 goto done;
-            if (PyBytes_GET_SIZE(digest) != 16) {
+            if (!PyBytes_Check(digest) || PyBytes_GET_SIZE(digest) != 16) {
                 Py_DECREF(digest);
                 PyErr_SetString(PyExc_ValueError, "the keyed hash must give 16 bytes");
                 goto done;
@@ -963,10 +965,19 @@ fold_lots(PyObject *module, PyObject *args)
     if (!PyArg_ParseTuple(args, "O!nO!O!", &PyList_Type, &lines, &first_line, &PyTuple_Type,
                           &tallies, &PyList_Type, &errors))
         return NULL;
+    if (loads == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "audit._native.configure() was not called");
+        return NULL;
+    }
     if (PyTuple_GET_SIZE(tallies) != 4) {
         PyErr_SetString(PyExc_ValueError, "tallies must be four dicts");
         return NULL;
     }
+    for (int i = 0; i < 4; i++)
+        if (!PyDict_Check(PyTuple_GET_ITEM(tallies, i))) {
+            PyErr_SetString(PyExc_TypeError, "tallies must be four dicts");
+            return NULL;
+        }
     PyObject *state = PyTuple_GET_ITEM(tallies, 0), *terms = PyTuple_GET_ITEM(tallies, 1);
     PyObject *cover = PyTuple_GET_ITEM(tallies, 2), *pending = PyTuple_GET_ITEM(tallies, 3);
     for (Py_ssize_t n = 0; n < PyList_GET_SIZE(lines); n++) {
@@ -1086,12 +1097,15 @@ configure(PyObject *module, PyObject *args, PyObject *kwargs)
     max_depth = PyLong_AsSsize_t(depth);
     Py_DECREF(version);
     Py_DECREF(depth);
-    if (PyErr_Occurred())
+    if (PyErr_Occurred()) {
+        Py_CLEAR(loads); /* scan() and fold_lots() refuse to run half configured */
         return NULL;
+    }
     Py_RETURN_NONE;
 error:
     Py_XDECREF(version);
     Py_XDECREF(depth);
+    Py_CLEAR(loads);
     return NULL;
 }
 
@@ -1135,6 +1149,8 @@ PyInit__native(void)
     key_pending = PyUnicode_InternFromString("pending");
     not_a_lot = PyUnicode_InternFromString("not a lot");
     sha_context = EVP_MD_CTX_new();
+    if (sha_context == NULL)
+        return PyErr_NoMemory();
     /* Interned: orjson tells its keyword arguments apart by identity. */
     PyObject *option_name = PyUnicode_InternFromString("option");
     option_kwnames = option_name == NULL ? NULL : PyTuple_Pack(1, option_name);

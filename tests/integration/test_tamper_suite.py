@@ -234,6 +234,43 @@ def test_edit_an_amount_in_the_bundle(bundle: Path, journal: Journal) -> None:
     assert {"edited-amount", "altered-leaf"} <= classes_of(report)
 
 
+def _escaped(leaf: bytes, index: int, extra: bytes = b"") -> bytes:
+    """``leaf`` written as an escape line, as the exporter writes bytes that cannot be a line,
+    with ``extra`` members appended (which the exporter never writes)."""
+    data = base64.b64encode(leaf)
+    return b'{"index":%d,"leaf_base64":"%s","log":"%s"%s}' % (index, data, ORIGIN.encode(), extra)
+
+
+def test_a_leaf_escaped_without_need_still_verifies(bundle: Path, journal: Journal) -> None:
+    position = leaf_position(bundle, "EARN")
+    leaves = read_lines(bundle, "leaves.jsonl")
+    leaves[position] = _escaped(leaves[position], position)
+    write_lines(bundle, "leaves.jsonl", leaves)
+    assert verify(bundle, journal).ok, verify(bundle, journal).to_text()
+
+
+def test_a_record_forged_beside_an_escaped_leaf_is_not_taken_for_the_leafs(
+    bundle: Path, journal: Journal
+) -> None:
+    """The record an escape line stands for is in its decoded bytes. Here the line also carries
+    a forged record where a careless reader would cut it from the line, and entries.jsonl was
+    edited to match the forgery: the edit is still found."""
+    position = leaf_position(bundle, "BURN")
+    leaves = read_lines(bundle, "leaves.jsonl")
+    leaf = leaves[position]
+    record = leaf[leaf.index(b'"entry":') + 8 : leaf.rindex(b',"index":')]
+    forged = record.replace(b'"amount":-150}', b'"amount":-15}', 1)
+    assert forged != record
+    leaves[position] = _escaped(leaf, position, b',"zz":{"entry":' + forged + b',"index":0}')
+    write_lines(bundle, "leaves.jsonl", leaves)
+    entries = read_lines(bundle, "entries.jsonl")
+    edited = [line.replace(record, forged) for line in entries]
+    assert edited != entries
+    write_lines(bundle, "entries.jsonl", edited)
+    report = verify(bundle, journal)
+    assert ("entry-altered", f"{ORIGIN}#{position}") in pairs(report), report.to_text()
+
+
 def test_edit_an_amount_in_the_database(journal: Journal) -> None:
     """A posting amount edited in the journal tables: entry-amount against its leaf."""
     burn = journal.entries["burn"]

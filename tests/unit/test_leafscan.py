@@ -590,3 +590,30 @@ def test_the_compiled_subtree_root_equals_rfc_6962() -> None:
     for bad in (b"", b"x" * 31, b"x" * 96):
         with pytest.raises(ValueError, match="a power of two"):
             bundle._native.subtree_root(bad)
+
+
+def test_a_cached_account_that_is_no_text_is_a_malformed_row(loop: str) -> None:
+    """A lone surrogate is valid JSON and no UTF-8: the row is reported, the fold goes on."""
+    from audit.leafscan import fold_cache_chunk
+
+    rows = [b'{"account":"\\ud800","balance":1}', b'{"account":"program:funded","balance":-1}']
+    result = fold_cache_chunk("balances.jsonl", rows, 1, SECRET, BUCKETS)
+    assert [where for where, _ in result.errors] == ["balances.jsonl:1"]
+    assert result.folded == _python_fold({"balance": {"program:funded": -1}, **_empty()})
+
+
+def _empty() -> dict[str, dict[str, int]]:
+    return {name: {} for name in leafscan.TALLIES if name != "balance"}
+
+
+def test_a_chunk_holding_an_escape_line_is_no_run(loop: str) -> None:
+    """The record of an escaped leaf is in its decoded bytes, which a run's record lines are not
+    cut from: such a chunk comes back leaf by leaf."""
+    log = _Log(12)
+    lines = [log.leaf("EARN", _entry(log.rng)) for _ in range(4)]
+    escaped = {"index": 2, "leaf_base64": base64.b64encode(lines[2]).decode(), "log": LOG}
+    lines[2] = _sorted_json(escaped)
+    result = scan_chunk(lines, 1, SECRET, BUCKETS)
+    assert result.run is None
+    assert result.findings == []
+    assert result.leaves == _reference(lines, 1)[0]
