@@ -12,11 +12,14 @@
  * adding to the tallies. Here those checks walk the objects orjson made, with no bytecode
  * between them; SHA-256 is OpenSSL's, the library hashlib uses.
  *
- * What it trusts: nothing it did not check itself. It parses nothing by hand: orjson parses and
- * re-serialises, exactly as in Python, and this code only reads the dicts, lists, strings and
- * integers that come back. A leaf it has any doubt about goes, untouched, to the fallback
- * (audit.leafscan._scan_line), which names what is wrong; nothing is tallied before a leaf has
- * passed every check. tests/unit/test_leafscan.py holds every function here to its twin.
+ * What it trusts: nothing it did not check itself. It parses nothing by hand: orjson parses, as
+ * in Python, and this code reads the dicts, lists, strings and integers that come back. Where
+ * the Python loop then re-serialises with sorted keys and compares, this code reads the bytes
+ * once more for what that comparison proves (compact_and_sorted: no whitespace, no "-0", keys in
+ * order), and the values for the rest (plain_values). A leaf it has any doubt about goes,
+ * untouched, to the fallback (audit.leafscan._scan_line), which names what is wrong; nothing is
+ * tallied before a leaf has passed every check. tests/unit/test_leafscan.py holds every
+ * function here to its twin.
  *
  * One difference of means, not of verdict: where the Python loop searches the bytes for a number
  * with a fraction or an exponent, this loop looks for a float among the parsed values, which is
@@ -31,7 +34,7 @@
 #include <string.h>
 
 /* Set once by configure(): the helpers the loop calls and the constants it compares with. */
-static PyObject *loads, *dumps, *option_kwnames, *sorted_option, *decode_error, *encode_error;
+static PyObject *loads, *dumps, *decode_error, *encode_error;
 static PyObject *entry_kinds, *audit_kind, *adjustment_kind, *accounts, *parse_account;
 static PyObject *known_stamp, *wide_text_ok, *is_normalized, *lot_terms;
 static PyObject *nfc, *digest_name, *copy_name, *update_name;
@@ -41,6 +44,8 @@ static Py_ssize_t max_depth;
 #define ENVELOPE_KEYS 8
 #define ENTRY_KEYS 14
 #define LOT_KEYS 8
+#define MAX_SAFE_INTEGER 9007199254740991LL /* 2^53 − 1 */
+#define MAX_DEPTH_LIMIT 128 /* brackets open at once; configure() refuses a larger max_depth */
 #define MAX_HELD 16 /* postings or lots held for tallying; a leaf with more takes the fallback */
 
 /* Interned member names, in sorted order as the canonical bytes hold them. */
@@ -171,6 +176,13 @@ plain_values(PyObject *o)
         return in_nfc(o);
     if (PyFloat_Check(o))
         return 0;
+    if (PyLong_Check(o)) { /* within ±(2^53 − 1), as orjson's strict integers */
+        int overflow = 0;
+        long long value = PyLong_AsLongLongAndOverflow(o, &overflow);
+        if (value == -1 && PyErr_Occurred())
+            return -1;
+        return !overflow && value <= MAX_SAFE_INTEGER && value >= -MAX_SAFE_INTEGER;
+    }
     if (PyDict_CheckExact(o)) {
         Py_ssize_t pos = 0;
         PyObject *key, *value;
@@ -532,6 +544,78 @@ done:
     return root;
 }
 
+/* Whether bytes that orjson parsed, that hold no backslash and no number with a fraction or an
+ * exponent, are in the form orjson's sorted re-serialisation would give back: no whitespace
+ * between tokens, no "-0", and in every object its keys in strictly increasing byte order (which
+ * is code point order in UTF-8, and rules out a repeated key). Strings need no look: without a
+ * backslash each is its raw bytes, which orjson writes back as they are (it refused any control
+ * character when parsing). The integers' bound is checked on the parsed values. */
+static int
+compact_and_sorted(const char *p, Py_ssize_t size)
+{
+    struct {
+        const char *key; /* the previous key of this object, or NULL */
+        Py_ssize_t length;
+        char is_object, wants_key;
+    } open[MAX_DEPTH_LIMIT];
+    int depth = -1;
+    for (Py_ssize_t i = 0; i < size; i++) {
+        unsigned char c = (unsigned char)p[i];
+        switch (c) {
+        case '{':
+        case '[':
+            if (++depth >= MAX_DEPTH_LIMIT)
+                return 0;
+            open[depth].key = NULL;
+            open[depth].is_object = c == '{';
+            open[depth].wants_key = c == '{';
+            break;
+        case '}':
+        case ']':
+            if (depth < 0)
+                return 0;
+            depth--;
+            break;
+        case ',':
+            if (depth >= 0 && open[depth].is_object)
+                open[depth].wants_key = 1;
+            break;
+        case '"': {
+            const char *end = memchr(p + i + 1, '"', (size_t)(size - i - 1));
+            if (end == NULL)
+                return 0;
+            Py_ssize_t length = end - (p + i + 1);
+            if (depth >= 0 && open[depth].wants_key) {
+                const char *key = p + i + 1, *before = open[depth].key;
+                if (before != NULL) {
+                    Py_ssize_t common = length < open[depth].length ? length : open[depth].length;
+                    int order = memcmp(before, key, (size_t)common);
+                    if (order > 0 || (order == 0 && open[depth].length >= length))
+                        return 0;
+                }
+                open[depth].key = key;
+                open[depth].length = length;
+                open[depth].wants_key = 0;
+            }
+            i = end - p;
+            break;
+        }
+        case '-':
+            if (i + 1 < size && p[i + 1] == '0')
+                return 0;
+            break;
+        case ' ':
+        case '\t':
+        case '\n':
+        case '\r':
+            return 0;
+        default:
+            break;
+        }
+    }
+    return depth == -1;
+}
+
 /* The parsed envelope when ``line`` is canonical as the quick test proves it, else NULL (with
  * an error set only on a real error). */
 static PyObject *
@@ -556,15 +640,9 @@ canonical_envelope(PyObject *line)
         Py_DECREF(envelope);
         return NULL;
     }
-    PyObject *args[2] = {envelope, sorted_option};
-    PyObject *again = PyObject_Vectorcall(dumps, args, 1, option_kwnames);
-    if (again == NULL) {
-        Py_DECREF(envelope);
-        goto refused;
-    }
-    int same = PyBytes_GET_SIZE(again) == size &&
-               memcmp(PyBytes_AS_STRING(again), p, (size_t)size) == 0;
-    Py_DECREF(again);
+    /* What orjson's sorted re-serialisation would tell, without making it (see the Python
+     * loop): the form of the bytes here, the values' types and bounds in plain_values. */
+    int same = compact_and_sorted(p, size);
     if (same > 0)
         same = plain_values(envelope);
     if (same > 0 && beyond_bmp) { /* keys beyond U+FFFF sort differently in UTF-16 */
@@ -1076,7 +1154,6 @@ configure(PyObject *module, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     if (take(kwargs, "loads", &loads) < 0 || take(kwargs, "dumps", &dumps) < 0 ||
-        take(kwargs, "sorted_option", &sorted_option) < 0 ||
         take(kwargs, "decode_error", &decode_error) < 0 ||
         take(kwargs, "encode_error", &encode_error) < 0 ||
         take(kwargs, "entry_kinds", &entry_kinds) < 0 ||
@@ -1095,6 +1172,8 @@ configure(PyObject *module, PyObject *args, PyObject *kwargs)
     }
     envelope_version = PyLong_AsLongLong(version);
     max_depth = PyLong_AsSsize_t(depth);
+    if (!PyErr_Occurred() && (max_depth < 0 || max_depth > MAX_DEPTH_LIMIT))
+        PyErr_SetString(PyExc_ValueError, "max_depth beyond what scan() can hold");
     Py_DECREF(version);
     Py_DECREF(depth);
     if (PyErr_Occurred()) {
@@ -1151,12 +1230,8 @@ PyInit__native(void)
     sha_context = EVP_MD_CTX_new();
     if (sha_context == NULL)
         return PyErr_NoMemory();
-    /* Interned: orjson tells its keyword arguments apart by identity. */
-    PyObject *option_name = PyUnicode_InternFromString("option");
-    option_kwnames = option_name == NULL ? NULL : PyTuple_Pack(1, option_name);
-    Py_XDECREF(option_name);
     if (!key_account || !key_amount || !key_lot || !key_delta || !key_kind || !key_id ||
-        !adjustment_kind || !digest_name || !option_kwnames || !copy_name || !update_name ||
+        !adjustment_kind || !digest_name || !copy_name || !update_name ||
         !nfc || !sha_context || !key_remaining || !key_member ||
         !key_opened_by || !key_pending || !not_a_lot)
         return NULL;

@@ -874,7 +874,6 @@ if _compiled is not None:
     _compiled.configure(
         loads=orjson.loads,
         dumps=orjson.dumps,
-        sorted_option=SORTED_STRICT,
         decode_error=orjson.JSONDecodeError,
         encode_error=orjson.JSONEncodeError,
         entry_kinds=ENTRY_KINDS,

@@ -234,6 +234,18 @@ def _variants(log: _Log) -> list[bytes]:
         good.replace(b'"attributes":{}', b'"attributes":{"d":' + b"[" * 70 + b"]" * 70 + b"}"),
         good.replace(b'"attributes":{}', b'"attributes":{"d":' + b"[" * 40 + b"]" * 40 + b"}"),
         good.replace(b'"attributes":{}', b'"attributes":{"a":1,"a":2}'),
+        # The canonical form the compiled loop checks on the bytes, case by case.
+        good.replace(b'"attributes":{}', b'"attributes":{"b":1,"a":2}'),
+        good.replace(b'"attributes":{}', b'"attributes":{"ab":1,"a":2}'),
+        good.replace(b'"attributes":{}', b'"attributes":{"":1,"a":[{"y":0,"x":1}]}'),
+        good.replace(b'"attributes":{}', b'"attributes":{"":1,"a":[{"x":0,"y":-1}]}'),
+        good.replace(b'"attributes":{}', b'"attributes":{"a":[1, 2]}'),
+        good.replace(b'"attributes":{}', b'"attributes":{"a":-0}'),
+        good.replace(b'"attributes":{}', b'"attributes":{"a":"-0 \x7f"}'),
+        good.replace(b'"attributes":{}', b'"attributes":{"a":9007199254740992}'),
+        good.replace(b'"attributes":{}', b'"attributes":{"a":-9007199254740992}'),
+        good.replace(b'"attributes":{}', b'"attributes":{"a":true,"b":[false,null]}'),
+        good.replace(b'"amount":', b'"amount":-0,"amount":', 1),
         good.replace(body, b"[]"),
         # Numbers with a fraction where no check looks at the type: the bytes must still be read.
         good.replace(b'"reason":null', b'"reason":1.5'),
