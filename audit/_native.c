@@ -6,6 +6,7 @@
  *   fold_lots   audit.leafscan._fold_lots_python  the cached lots' side of the tallies
  *   fold        audit.tally._fold_python        a tally folded into its buckets
  *   subtree_root  audit.bundle._subtree_root_python  a complete Merkle subtree (RFC 6962)
+ *   count_lines audit.bundle._count_lines        the newlines of a chunk
  *
  * Why C: per leaf, the Python loop spends most of its time between the compiled steps it
  * calls (orjson, hashlib): checking the envelope, the entry's shape, its postings and lots, and
@@ -507,6 +508,31 @@ leaf_hash(PyObject *line)
     if (sha256_of(0, PyBytes_AS_STRING(line), (size_t)PyBytes_GET_SIZE(line), digest) < 0)
         return NULL;
     return PyBytes_FromStringAndSize((const char *)digest, 32);
+}
+
+PyDoc_STRVAR(count_lines_doc,
+             "count_lines(block, end) -> int\n\n"
+             "audit.bundle._count_lines in C: the newlines in block[:end].");
+
+static PyObject *
+count_lines(PyObject *module, PyObject *args)
+{
+    Py_buffer block;
+    Py_ssize_t end, count = 0;
+    if (!PyArg_ParseTuple(args, "y*n", &block, &end))
+        return NULL;
+    if (end < 0 || end > block.len) {
+        PyBuffer_Release(&block);
+        PyErr_SetString(PyExc_ValueError, "end beyond the block");
+        return NULL;
+    }
+    const char *at = block.buf, *stop = at + end;
+    while (at < stop && (at = memchr(at, '\n', (size_t)(stop - at))) != NULL) {
+        count++;
+        at++;
+    }
+    PyBuffer_Release(&block);
+    return PyLong_FromSsize_t(count);
 }
 
 PyDoc_STRVAR(subtree_root_doc,
@@ -1193,6 +1219,7 @@ static PyMethodDef methods[] = {
     {"records", records, METH_VARARGS, records_doc},
     {"fold", fold, METH_VARARGS, fold_doc},
     {"subtree_root", subtree_root, METH_VARARGS, subtree_root_doc},
+    {"count_lines", count_lines, METH_VARARGS, count_lines_doc},
     {"fold_lots", fold_lots, METH_VARARGS, fold_lots_doc},
     {"configure", (PyCFunction)(void (*)(void))configure, METH_VARARGS | METH_KEYWORDS,
      configure_doc},

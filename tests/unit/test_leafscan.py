@@ -271,7 +271,7 @@ def _variants(log: _Log) -> list[bytes]:
 
 #: The fast paths, each with a Python version and a C twin (audit/_native.c) where it was built.
 FAST_PATHS = [(leafscan, "SCAN_LOOPS"), (leafscan, "RECORDS"), (leafscan, "LOT_FOLDS")]
-FAST_PATHS += [(tally, "FOLDS"), (bundle, "SUBTREE_ROOTS")]
+FAST_PATHS += [(tally, "FOLDS"), (bundle, "SUBTREE_ROOTS"), (bundle, "LINE_COUNTS")]
 IMPLEMENTATIONS = ["python", "compiled"] if len(SCAN_LOOPS) > 1 else ["python"]
 
 
@@ -563,7 +563,7 @@ def test_the_compiled_records_equal_the_python_records() -> None:
 
 
 @pytest.mark.parametrize("tail", [b"", b"\n", b"no newline at the end"])
-def test_chunks_are_whole_lines_that_cover_the_file(tmp_path: Any, tail: bytes) -> None:
+def test_chunks_are_whole_lines_that_cover_the_file(tmp_path: Any, tail: bytes, loop: str) -> None:
     from audit.bundle import _byte_chunks
 
     rng = random.Random(3)
@@ -629,3 +629,23 @@ def test_a_chunk_holding_an_escape_line_is_no_run(loop: str) -> None:
     assert result.run is None
     assert result.findings == []
     assert result.leaves == _reference(lines, 1)[0]
+
+
+@compiled_only
+def test_the_compiled_line_count_equals_the_python_one() -> None:
+    block = b"a\nbb\n\n" + b"x" * 5000 + b"\nend"
+    for end in (0, 1, 2, 5, 6, 5006, 5007, len(block)):
+        assert bundle.LINE_COUNTS[-1](block, end) == bundle._count_lines(block, end)
+    for end in (-1, len(block) + 1):
+        with pytest.raises(ValueError, match="end beyond the block"):
+            bundle.LINE_COUNTS[-1](block, end)
+
+
+def test_the_manifest_hash_reads_every_byte_through_the_map(tmp_path: Any) -> None:
+    for size in (0, 1, 5, (1 << 22) - 1, 1 << 22, (1 << 22) + 3):
+        data = random.Random(size).randbytes(size)
+        (tmp_path / "f").write_bytes(data)
+        digest = hashlib.sha256()
+        for block in bundle._mapped_blocks(tmp_path / "f"):
+            digest.update(block)
+        assert digest.digest() == hashlib.sha256(data).digest()
