@@ -1131,17 +1131,18 @@ def _byte_chunks(path: Path, size: int = _CHUNK_BYTES) -> Iterator[_Chunk]:
 
 
 def _mapped_blocks(path: Path, size: int = 1 << 22) -> Iterator[memoryview]:
-    """A file's bytes in blocks, read through a memory map: hashing them copies nothing."""
+    """A file's bytes in blocks, each read through a memory map of its own: hashing them copies
+    nothing, and each block is unmapped before the next (a map of the whole file would count
+    every page read in the process's resident memory). ``size`` is a multiple of the page."""
     with path.open("rb") as handle:
-        if os.fstat(handle.fileno()).st_size == 0:
-            return  # an empty file cannot be mapped
-        with (
-            mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped,
-            memoryview(mapped) as view,
-        ):
-            for start in range(0, len(view), size):
-                with view[start : start + size] as block:  # released before the map closes
-                    yield block
+        total = os.fstat(handle.fileno()).st_size
+        for start in range(0, total, size):
+            length = min(size, total - start)
+            with (
+                mmap.mmap(handle.fileno(), length, offset=start, access=mmap.ACCESS_READ) as part,
+                memoryview(part) as block,
+            ):
+                yield block
 
 
 def _split_lines(data: bytes) -> list[bytes]:

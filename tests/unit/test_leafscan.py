@@ -642,7 +642,7 @@ def test_the_compiled_line_count_equals_the_python_one() -> None:
 
 
 def test_the_manifest_hash_reads_every_byte_through_the_map(tmp_path: Any) -> None:
-    for size in (0, 1, 5, (1 << 22) - 1, 1 << 22, (1 << 22) + 3):
+    for size in (0, 1, 5, (1 << 22) - 1, 1 << 22, (1 << 22) + 3, 3 << 22):
         data = random.Random(size).randbytes(size)
         (tmp_path / "f").write_bytes(data)
         digest = hashlib.sha256()
