@@ -37,7 +37,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import mmap
 import os
 import re
 import sys
@@ -522,7 +521,7 @@ class _BundleVerifier:
                 found.append(Finding("manifest-missing", name, info.get("sha256"), None))
                 continue
             digest = hashlib.sha256()
-            for block in _mapped_blocks(file):
+            for block in _file_blocks(file):
                 digest.update(block)
                 done += len(block)
                 self.progress("manifest", done, total)
@@ -1130,18 +1129,14 @@ def _byte_chunks(path: Path, size: int = _CHUNK_BYTES) -> Iterator[_Chunk]:
             handle.seek(offset)  # the next chunk starts after the last whole line
 
 
-def _mapped_blocks(path: Path, size: int = 1 << 22) -> Iterator[memoryview]:
-    """A file's bytes in blocks, each read through a memory map of its own: hashing them copies
-    nothing, and each block is unmapped before the next (a map of the whole file would count
-    every page read in the process's resident memory). ``size`` is a multiple of the page."""
-    with path.open("rb") as handle:
-        total = os.fstat(handle.fileno()).st_size
-        for start in range(0, total, size):
-            length = min(size, total - start)
-            with (
-                mmap.mmap(handle.fileno(), length, offset=start, access=mmap.ACCESS_READ) as part,
-                memoryview(part) as block,
-            ):
+def _file_blocks(path: Path, size: int = 1 << 22) -> Iterator[memoryview]:
+    """A file's bytes in blocks, read into one buffer that each block reuses (no allocation per
+    block; a memory map would save the copy, but turns a file truncated meanwhile into a
+    crash). Each block is valid until the next is read."""
+    buffer = bytearray(size)
+    with path.open("rb") as handle, memoryview(buffer) as view:
+        while read := handle.readinto(buffer):
+            with view[:read] as block:
                 yield block
 
 
