@@ -660,8 +660,11 @@ canonical_envelope(PyObject *line)
     if (brackets > max_depth)
         return NULL;
     PyObject *envelope = PyObject_CallOneArg(loads, line);
-    if (envelope == NULL)
-        goto refused;
+    if (envelope == NULL) { /* not JSON: the fallback says so; any other error stands */
+        if (PyErr_ExceptionMatches(decode_error))
+            PyErr_Clear();
+        return NULL;
+    }
     if (!PyDict_CheckExact(envelope)) {
         Py_DECREF(envelope);
         return NULL;
@@ -681,10 +684,6 @@ canonical_envelope(PyObject *line)
         return NULL;
     }
     return envelope;
-refused:
-    if (PyErr_ExceptionMatches(decode_error) || PyErr_ExceptionMatches(encode_error))
-        PyErr_Clear();
-    return NULL;
 }
 
 /* One line: 1 when checked here (its tuple appended to ``scanned``), 0 when the fallback must
@@ -1052,7 +1051,7 @@ done:
     return out;
 }
 
-/* -- audit.leafscan._fold_lots ---------------------------------------------------------------- */
+/* -- audit.leafscan._fold_lots_python -------------------------------------------------------- */
 
 static PyObject *key_remaining, *key_member, *key_opened_by, *key_pending, *not_a_lot;
 

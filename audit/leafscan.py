@@ -557,7 +557,7 @@ def fold_cache_chunk(
     findings: list[Finding] = []
     errors: list[tuple[str, str]] = []
     if file == "lots.jsonl":
-        _fold_lots(lines, first_line, effects, errors)
+        LOT_FOLDS[-1](lines, first_line, effects, errors)
         return CacheResult(fold_many(effects.values, secret, buckets, RECURRING), [], errors)
     for offset, line in enumerate(lines):
         where = f"{file}:{first_line + offset}"
@@ -580,13 +580,6 @@ def fold_cache_chunk(
     return CacheResult(fold_many(effects.values, secret, buckets, RECURRING), findings, errors)
 
 
-def _fold_lots(
-    lines: Sequence[bytes], first_line: int, effects: Effects, errors: list[tuple[str, str]]
-) -> None:
-    """The lots.jsonl half of :func:`fold_cache_chunk`, by the fastest of :data:`LOT_FOLDS`."""
-    LOT_FOLDS[-1](lines, first_line, effects, errors)
-
-
 def _fold_lots_compiled(
     lines: Sequence[bytes], first_line: int, effects: Effects, errors: list[tuple[str, str]]
 ) -> None:
@@ -601,7 +594,8 @@ def _fold_lots_compiled(
 def _fold_lots_python(
     lines: Sequence[bytes], first_line: int, effects: Effects, errors: list[tuple[str, str]]
 ) -> None:
-    """:func:`lot_row` and :func:`lot_cache_values`, inline, for each line."""
+    """The lots.jsonl half of :func:`fold_cache_chunk`: :func:`lot_row` and
+    :func:`lot_cache_values`, inline, for each line."""
     loads, decode_error, terms_of = orjson.loads, orjson.JSONDecodeError, lot_terms
     values = effects.values
     terms, state = values["lot-terms"], values["lot-state"]
