@@ -32,6 +32,9 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <openssl/evp.h>
+#if OPENSSL_VERSION_NUMBER < 0x30000000L
+#error "OpenSSL 3 or later is needed (EVP_MD_fetch)"
+#endif
 #include <string.h>
 
 /* Set once by configure(): the helpers the loop calls and the constants it compares with. */
@@ -207,14 +210,16 @@ plain_values(PyObject *o)
 
 /* SHA-256 of prefix ‖ data into out[32], with OpenSSL (the library hashlib uses), through one
  * context kept for the module: its callers hold the GIL, and it calls no Python code, so no
- * other thread can come in between. */
+ * other thread can come in between. The digest is fetched once: named by EVP_sha256() instead,
+ * OpenSSL 3 would look it up again, under a lock, at every call. */
 static EVP_MD_CTX *sha_context;
+static EVP_MD *sha256_md;
 
 static int
 sha256_of(unsigned char prefix, const void *data, size_t size, unsigned char *out)
 {
     unsigned int length = 0;
-    if (!(EVP_DigestInit_ex(sha_context, EVP_sha256(), NULL) &&
+    if (!(EVP_DigestInit_ex2(sha_context, sha256_md, NULL) &&
           EVP_DigestUpdate(sha_context, &prefix, 1) &&
           EVP_DigestUpdate(sha_context, data, size) &&
           EVP_DigestFinal_ex(sha_context, out, &length) && length == 32)) {
@@ -1254,11 +1259,14 @@ PyInit__native(void)
     key_pending = PyUnicode_InternFromString("pending");
     not_a_lot = PyUnicode_InternFromString("not a lot");
     sha_context = EVP_MD_CTX_new();
-    if (sha_context == NULL)
-        return PyErr_NoMemory();
+    sha256_md = EVP_MD_fetch(NULL, "SHA2-256", NULL);
+    if (sha_context == NULL || sha256_md == NULL) {
+        PyErr_SetString(PyExc_ImportError, "OpenSSL gave no SHA-256");
+        return NULL;
+    }
     if (!key_account || !key_amount || !key_lot || !key_delta || !key_kind || !key_id ||
         !adjustment_kind || !digest_name || !copy_name || !update_name ||
-        !nfc || !sha_context || !key_remaining || !key_member ||
+        !nfc || !key_remaining || !key_member ||
         !key_opened_by || !key_pending || !not_a_lot)
         return NULL;
     PyObject *module = PyModule_Create(&module_def);

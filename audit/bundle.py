@@ -60,6 +60,7 @@ from audit.leafscan import (
     ENTRY_KINDS,
     ChunkResult,
     Effects,
+    Lines,
     Run,
     balance_row,
     body_slice,
@@ -689,7 +690,7 @@ class _BundleVerifier:
             ("A", events, "audit", run.events),
         ):
             mine = [n for n, kind in enumerate(run.kinds) if kind == letter]
-            if not mine or (lines is not None and joined.match_lines(lines, len(mine))):
+            if not mine or (lines is not None and joined.match_lines(lines)):
                 continue
             leaves = chunk.lines()
             for n in mine:
@@ -1228,16 +1229,17 @@ class _Joined:
                 self.error(f"{self.name}:{raw[0]}", "not an {index, log, queued, record} line")
         return self.parsed
 
-    def match_lines(self, lines: bytes, count: int) -> bool:
-        """Take the next ``count`` lines if they are exactly ``lines`` (each with its newline):
-        what :meth:`take` would return for each of their keys, found equal to what they record.
-        False, and nothing taken, if not."""
-        if self.parsed is not None or not self._fill(len(lines)):
+    def match_lines(self, lines: Lines) -> bool:
+        """Take the next ``lines.count`` lines if their bytes are the ones ``lines`` stands for
+        (the same size and SHA-256): what :meth:`take` would return for each of their keys,
+        found equal to what they record. False, and nothing taken, if not."""
+        if self.parsed is not None or not self._fill(lines.size):
             return False
-        if not self.buffer.startswith(lines, self.at):
-            return False
-        self.at += len(lines)
-        self.line_no += count
+        with memoryview(self.buffer)[self.at : self.at + lines.size] as view:
+            if hashlib.sha256(view).digest() != lines.sha256:
+                return False
+        self.at += lines.size
+        self.line_no += lines.count
         return True
 
     def match(self, key: tuple[int, int], line: bytes, record: bytes) -> bool:
@@ -1249,7 +1251,11 @@ class _Joined:
                 self.parsed = None
                 return True
             return False
-        return self.match_lines(line, 1)
+        if not (self._fill(len(line)) and self.buffer.startswith(line, self.at)):
+            return False
+        self.at += len(line)
+        self.line_no += 1
+        return True
 
     def take(self, key: tuple[int, int]) -> _Line | None:
         head = self._head()

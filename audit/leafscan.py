@@ -38,7 +38,7 @@ import unicodedata
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -148,11 +148,25 @@ class Run:
     """The leaf hashes, 32 bytes each, in order."""
     kinds: str
     """One letter per leaf: ``E`` an entry, ``A`` an audit event."""
-    entries: bytes | None = None
+    entries: Lines | None = None
     """The lines ``entries.jsonl`` holds for the run's entries, as the exporter writes them
     (None when the log's name is not plain JSON text: then the caller builds them)."""
-    events: bytes | None = None
+    events: Lines | None = None
     """Likewise, the lines ``audit.jsonl`` holds for the run's audit events."""
+
+
+class Lines(NamedTuple):
+    """Lines of ``entries.jsonl`` or ``audit.jsonl`` as a worker sends them back: their number,
+    size and SHA-256, not their bytes (a chunk's records are nearly as large as its leaves, and
+    sending them through a pipe cost more than hashing them on both sides)."""
+
+    count: int
+    size: int
+    sha256: bytes
+
+    @classmethod
+    def of(cls, data: bytes, count: int) -> Lines:
+        return cls(count, len(data), hashlib.sha256(data).digest())
 
 
 @dataclass
@@ -195,7 +209,10 @@ def scan_chunk(
         log_json = plain_json(run.log)
         if log_json is not None:  # built here, in parallel, for the caller to compare
             listed = lines if type(lines) is list else list(lines)
-            run.entries, run.events = RECORDS[-1](listed, run.kinds, run.first, log_json)
+            entries, events = RECORDS[-1](listed, run.kinds, run.first, log_json)
+            audited = run.kinds.count("A")
+            run.entries = Lines.of(entries, len(run.kinds) - audited)
+            run.events = Lines.of(events, audited)
         return ChunkResult([], findings, folded, effects.books, run)
     blake2b = hashlib.blake2b
     for n in lazy:  # the body digests the fast path left for the caller's tuples

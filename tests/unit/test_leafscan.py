@@ -444,6 +444,7 @@ def test_the_tables_lines_are_taken_in_one_piece_or_one_by_one(tmp_path: Any) ->
     """_Joined takes the lines the exporter writes for a run of leaves in one comparison; when
     they differ, nothing is taken, and line by line the same lines come back as before."""
     from audit.bundle import _Joined
+    from audit.leafscan import Lines
     from audit.leafscan import plain_json as _plain_json
 
     def line(index: int, record: bytes, log: str = LOG) -> bytes:
@@ -460,15 +461,15 @@ def test_the_tables_lines_are_taken_in_one_piece_or_one_by_one(tmp_path: Any) ->
     path.write_bytes(text[:-1])  # no newline after the last line
     errors: list[tuple[str, str]] = []
     joined = _Joined(path, lambda log: 0, lambda where, why: errors.append((where, why)))
-    assert not joined.match_lines(line(0, records[0]) + line(1, records[2]), 2)
-    assert joined.match_lines(line(0, records[0]) + line(1, records[1]), 2)
+    assert not joined.match_lines(Lines.of(line(0, records[0]) + line(1, records[2]), 2))
+    assert joined.match_lines(Lines.of(line(0, records[0]) + line(1, records[1]), 2))
     assert joined.match((0, 2), line(2, records[2]), records[2])
     assert not joined.match((0, 4), line(4, records[4]), records[4])  # garbage first
     taken = joined.take((0, 4))
     assert errors == [("entries.jsonl:4", "not an {index, log, queued, record} line")]
     assert taken is not None
     assert (taken.key, taken.record, taken.line_no) == ((0, 4), records[4], 5)
-    assert not joined.match_lines(line(5, records[5]), 1)  # the file ends without a newline
+    assert not joined.match_lines(Lines.of(line(5, records[5]), 1))  # ends without a newline
     assert not joined.match((0, 5), line(5, records[5]), records[5])
     last = joined.take((0, 5))  # parsed: the caller compares what it records
     assert last is not None
