@@ -10,28 +10,29 @@
  *
  * Why C: per leaf, the Python loop spends most of its time between the compiled steps it
  * calls (orjson, hashlib): checking the envelope, the entry's shape, its postings and lots, and
- * adding to the tallies. Here those checks walk the objects orjson made, with no bytecode
- * between them; SHA-256 is OpenSSL's, the library hashlib uses.
+ * adding to the tallies. Here those checks walk the objects the parse made, with no bytecode
+ * between them; SHA-256 and BLAKE2b are OpenSSL's, the library hashlib uses.
  *
- * What it trusts: nothing it did not check itself. It parses nothing by hand: orjson parses, as
- * in Python, and this code reads the dicts, lists, strings and integers that come back. Where
- * the Python loop then re-serialises with sorted keys and compares, this code reads the bytes
- * once more for what that comparison proves (compact_and_sorted: no whitespace, no "-0", keys in
- * order), and the values for the rest (plain_values). A leaf it has any doubt about goes,
- * untouched, to the fallback (audit.leafscan._scan_line), which names what is wrong; nothing is
- * tallied before a leaf has passed every check. tests/unit/test_leafscan.py holds every
- * function here to its twin.
+ * What it trusts: nothing it did not check itself. Where the Python loop parses with orjson,
+ * re-serialises with sorted keys and compares, this code reads the bytes once
+ * (parse_canonical), into the same objects, and only when they are exactly the canonical form
+ * of what they hold: it recognises that one form and decides nothing else. A leaf it has any
+ * doubt about goes, untouched, to the fallback (audit.leafscan._scan_line), which names what
+ * is wrong; nothing is tallied before a leaf has passed every check.
+ * tests/unit/test_leafscan.py holds every function here to its twin, and the parser to the
+ * leaf-by-leaf code on leaves with bytes inserted, removed and replaced.
  *
  * One difference of means, not of verdict: where the Python loop searches the bytes for a number
- * with a fraction or an exponent, this loop looks for a float among the parsed values, which is
- * what that search stands for (orjson parses exactly those tokens as floats, and integers too
- * large for 64 bits too). A float-looking token inside a string sends the Python loop the slow
- * way and not this one; the slow way would accept the leaf all the same.
+ * with a fraction or an exponent, this loop refuses one as it reads it. A float-looking token
+ * inside a string sends the Python loop the slow way and not this one; the slow way would
+ * accept the leaf all the same.
  *
  * Every function runs with the GIL held. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <openssl/core_names.h>
 #include <openssl/evp.h>
+#include <openssl/params.h>
 #if OPENSSL_VERSION_NUMBER < 0x30000000L
 #error "OpenSSL 3 or later is needed (EVP_MD_fetch)"
 #endif
@@ -41,7 +42,7 @@
 static PyObject *loads, *dumps, *decode_error, *encode_error;
 static PyObject *entry_kinds, *audit_kind, *adjustment_kind, *accounts, *parse_account;
 static PyObject *known_stamp, *wide_text_ok, *is_normalized, *lot_terms;
-static PyObject *nfc, *digest_name, *copy_name, *update_name;
+static PyObject *nfc;
 static long long envelope_version;
 static Py_ssize_t max_depth;
 
@@ -82,14 +83,35 @@ intern_all(const char **names, PyObject **keys, int n)
     return 0;
 }
 
+/* Whether the str ``key`` is ``name`` (an interned ASCII str): the same object, or the same
+ * text. */
+static int
+same_key(PyObject *key, PyObject *name)
+{
+    if (key == name)
+        return 1;
+    Py_ssize_t length = PyUnicode_GET_LENGTH(name);
+    return PyUnicode_CheckExact(key) && PyUnicode_IS_ASCII(key) &&
+           PyUnicode_GET_LENGTH(key) == length &&
+           memcmp(PyUnicode_1BYTE_DATA(key), PyUnicode_1BYTE_DATA(name), (size_t)length) == 0;
+}
+
 /* 1 when ``d`` is a dict with exactly the ``n`` members ``keys`` (their values into ``out``, as
- * borrowed references), 0 when not, -1 on error. */
+ * borrowed references), 0 when not, -1 on error. ``keys`` are in sorted order, as the members
+ * of a canonical object are, and orjson keeps them in the order it read them: so the dict is
+ * walked first, and looked up key by key only when its order differs. */
 static int
 members(PyObject *d, PyObject **keys, Py_ssize_t n, PyObject **out)
 {
     if (!PyDict_CheckExact(d) || PyDict_GET_SIZE(d) != n)
         return 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
+    Py_ssize_t pos = 0, i = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(d, &pos, &key, &value) && same_key(key, keys[i]))
+        out[i++] = value;
+    if (i == n)
+        return 1;
+    for (i = 0; i < n; i++) {
         out[i] = PyDict_GetItemWithError(d, keys[i]);
         if (out[i] == NULL)
             return PyErr_Occurred() ? -1 : 0;
@@ -164,48 +186,6 @@ in_nfc(PyObject *text)
     int result = verdict == NULL ? -1 : PyObject_IsTrue(verdict);
     Py_XDECREF(verdict);
     return result;
-}
-
-/* Whether every value in ``o`` is one the round trip proves canonical: no float anywhere (a
- * number with a fraction or an exponent, or an integer beyond 64 bits) and every string, key or
- * value, in NFC. 1, 0 or -1 (error); the depth is bounded by the caller's bracket count.
- *
- * Text is checked string by string, not as the whole line: the same verdict, since every
- * string is delimited by '"', which has combining class 0 and composes with nothing, so
- * normalisation never reaches across it (UAX #15, stable code points). */
-static int
-plain_values(PyObject *o)
-{
-    if (PyUnicode_CheckExact(o))
-        return in_nfc(o);
-    if (PyFloat_Check(o))
-        return 0;
-    if (PyLong_Check(o)) { /* within ±(2^53 − 1), as orjson's strict integers */
-        int overflow = 0;
-        long long value = PyLong_AsLongLongAndOverflow(o, &overflow);
-        if (value == -1 && PyErr_Occurred())
-            return -1;
-        return !overflow && value <= MAX_SAFE_INTEGER && value >= -MAX_SAFE_INTEGER;
-    }
-    if (PyDict_CheckExact(o)) {
-        Py_ssize_t pos = 0;
-        PyObject *key, *value;
-        while (PyDict_Next(o, &pos, &key, &value)) {
-            int result = in_nfc(key);
-            if (result > 0)
-                result = plain_values(value);
-            if (result <= 0)
-                return result;
-        }
-    }
-    else if (PyList_CheckExact(o)) {
-        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(o); i++) {
-            int result = plain_values(PyList_GET_ITEM(o, i));
-            if (result <= 0)
-                return result;
-        }
-    }
-    return 1;
 }
 
 /* SHA-256 of prefix ‖ data into out[32], with OpenSSL (the library hashlib uses), through one
@@ -575,80 +555,256 @@ done:
     return root;
 }
 
-/* Whether bytes that orjson parsed, that hold no backslash and no number with a fraction or an
- * exponent, are in the form orjson's sorted re-serialisation would give back: no whitespace
- * between tokens, no "-0", and in every object its keys in strictly increasing byte order (which
- * is code point order in UTF-8, and rules out a repeated key). Strings need no look: without a
- * backslash each is its raw bytes, which orjson writes back as they are (it refused any control
- * character when parsing). The integers' bound is checked on the parsed values. */
-static int
-compact_and_sorted(const char *p, Py_ssize_t size)
+/* -- a parser for canonical bytes only ------------------------------------------------------ *
+ *
+ * parse_canonical() reads a leaf the way orjson would, into the same dicts, lists, strings and
+ * integers, but only when the bytes are, as they stand, the canonical form of what they hold
+ * (docs/VERIFYING.md §2): no whitespace; in every object the keys in strictly increasing order;
+ * strings without an escape or a control character, in UTF-8 (Python's strict decoder says) and
+ * in NFC; integers written plainly (no "-0", no leading zero, no fraction, no exponent), within
+ * ±(2^53 − 1); true, false and null. Anything else, even valid JSON, is a doubt: NULL with no
+ * error set, and the leaf goes to the fallback, which names what is wrong. So this parser never
+ * has to decide what unusual bytes mean, only to recognise the one form a leaf should have;
+ * tests/unit/test_leafscan.py holds its verdicts to the leaf-by-leaf code's on mutated leaves.
+ *
+ * Why not orjson, as before: per leaf, orjson's parse, then two more passes to prove the form
+ * (the bytes, then the values), cost more than reading the bytes once here. Keys recur from
+ * leaf to leaf, so their str objects are kept in a small table and shared. */
+
+typedef struct {
+    const unsigned char *at, *end;
+} Cursor;
+
+#define KEY_SLOTS 512
+#define KEY_MAX 48
+static PyObject *key_table[KEY_SLOTS];
+
+/* The str of an ASCII key, from the table when it was met before (a new reference). */
+static PyObject *
+ascii_key(const unsigned char *p, Py_ssize_t length)
 {
-    struct {
-        const char *key; /* the previous key of this object, or NULL */
-        Py_ssize_t length;
-        char is_object, wants_key;
-    } open[MAX_DEPTH_LIMIT];
-    int depth = -1;
-    for (Py_ssize_t i = 0; i < size; i++) {
-        unsigned char c = (unsigned char)p[i];
-        switch (c) {
-        case '{':
-        case '[':
-            if (++depth >= MAX_DEPTH_LIMIT)
-                return 0;
-            open[depth].key = NULL;
-            open[depth].is_object = c == '{';
-            open[depth].wants_key = c == '{';
-            break;
-        case '}':
-        case ']':
-            if (depth < 0)
-                return 0;
-            depth--;
-            break;
-        case ',':
-            if (depth >= 0 && open[depth].is_object)
-                open[depth].wants_key = 1;
-            break;
-        case '"': {
-            const char *end = memchr(p + i + 1, '"', (size_t)(size - i - 1));
-            if (end == NULL)
-                return 0;
-            Py_ssize_t length = end - (p + i + 1);
-            if (depth >= 0 && open[depth].wants_key) {
-                const char *key = p + i + 1, *before = open[depth].key;
-                if (before != NULL) {
-                    Py_ssize_t common = length < open[depth].length ? length : open[depth].length;
-                    int order = memcmp(before, key, (size_t)common);
-                    if (order > 0 || (order == 0 && open[depth].length >= length))
-                        return 0;
-                }
-                open[depth].key = key;
-                open[depth].length = length;
-                open[depth].wants_key = 0;
-            }
-            i = end - p;
-            break;
-        }
-        case '-':
-            if (i + 1 < size && p[i + 1] == '0')
-                return 0;
-            break;
-        case ' ':
-        case '\t':
-        case '\n':
-        case '\r':
-            return 0;
-        default:
-            break;
-        }
+    if (length > KEY_MAX)
+        return PyUnicode_FromKindAndData(PyUnicode_1BYTE_KIND, p, length);
+    unsigned h = (unsigned)length * 131u;
+    for (Py_ssize_t i = 0; i < length; i++)
+        h = h * 31u + p[i];
+    PyObject **slot = &key_table[h % KEY_SLOTS];
+    PyObject *known = *slot;
+    if (known != NULL && PyUnicode_GET_LENGTH(known) == length &&
+        memcmp(PyUnicode_1BYTE_DATA(known), p, (size_t)length) == 0) {
+        Py_INCREF(known);
+        return known;
     }
-    return depth == -1;
+    PyObject *made = PyUnicode_New(length, 127);
+    if (made == NULL)
+        return NULL;
+    memcpy(PyUnicode_1BYTE_DATA(made), p, (size_t)length);
+    Py_INCREF(made);
+    Py_XSETREF(*slot, made);
+    return made;
 }
 
-/* The parsed envelope when ``line`` is canonical as the quick test proves it, else NULL (with
- * an error set only on a real error). */
+/* A string at c->at (its opening quote): a new reference, NULL when in doubt or on error.
+ * ``raw``/``raw_length`` get its bytes between the quotes. */
+static PyObject *
+parse_string(Cursor *c, int is_key, const unsigned char **raw, Py_ssize_t *raw_length)
+{
+    const unsigned char *start = c->at + 1;
+    const unsigned char *close = memchr(start, '"', (size_t)(c->end - start));
+    if (close == NULL)
+        return NULL;
+    Py_ssize_t length = close - start;
+    unsigned char low = 0xFF, high = 0;
+    for (Py_ssize_t i = 0; i < length; i++) { /* no early exit: the compiler vectorises it */
+        low = start[i] < low ? start[i] : low;
+        high |= start[i];
+    }
+    if (length > 0 && low < 0x20) /* a control character, which canonical text escapes */
+        return NULL;
+    c->at = close + 1;
+    *raw = start;
+    *raw_length = length;
+    if (high < 0x80) {
+        if (is_key)
+            return ascii_key(start, length);
+        PyObject *text = PyUnicode_New(length, 127);
+        if (text != NULL)
+            memcpy(PyUnicode_1BYTE_DATA(text), start, (size_t)length);
+        return text;
+    }
+    PyObject *text = PyUnicode_DecodeUTF8((const char *)start, length, NULL);
+    if (text == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
+            PyErr_Clear();
+        return NULL;
+    }
+    int normal = in_nfc(text);
+    if (normal <= 0) {
+        Py_DECREF(text);
+        return NULL;
+    }
+    return text;
+}
+
+/* An integer at c->at, as canonical JSON writes it: a new reference, NULL when in doubt. */
+static PyObject *
+parse_integer(Cursor *c)
+{
+    const unsigned char *p = c->at;
+    int negative = *p == '-';
+    p += negative;
+    if (p == c->end || *p < '0' || *p > '9' || (*p == '0' && (negative || (p + 1 < c->end &&
+                                                                           p[1] >= '0' &&
+                                                                           p[1] <= '9'))))
+        return NULL; /* no digit, "-0", or a leading zero */
+    long long value = 0;
+    const unsigned char *first = p;
+    while (p < c->end && *p >= '0' && *p <= '9') {
+        if (p - first >= 16) /* 2^53 − 1 has 16 digits */
+            return NULL;
+        value = value * 10 + (*p++ - '0');
+    }
+    if (value > MAX_SAFE_INTEGER ||
+        (p < c->end && (*p == '.' || *p == 'e' || *p == 'E')))
+        return NULL;
+    c->at = p;
+    return PyLong_FromLongLong(negative ? -value : value);
+}
+
+static PyObject *parse_value(Cursor *c);
+
+static PyObject *
+parse_object(Cursor *c)
+{
+    PyObject *object = PyDict_New();
+    if (object == NULL)
+        return NULL;
+    c->at++;
+    if (c->at < c->end && *c->at == '}') {
+        c->at++;
+        return object;
+    }
+    const unsigned char *before = NULL;
+    Py_ssize_t before_length = 0;
+    while (c->at < c->end && *c->at == '"') {
+        const unsigned char *raw;
+        Py_ssize_t length;
+        PyObject *key = parse_string(c, 1, &raw, &length);
+        if (key == NULL)
+            goto fail;
+        if (before != NULL) { /* strictly after the key before: UTF-8 sorts by code point */
+            Py_ssize_t common = length < before_length ? length : before_length;
+            int order = memcmp(before, raw, (size_t)common);
+            if (order > 0 || (order == 0 && before_length >= length)) {
+                Py_DECREF(key);
+                goto fail;
+            }
+        }
+        before = raw;
+        before_length = length;
+        PyObject *value = NULL;
+        if (c->at < c->end && *c->at == ':') {
+            c->at++;
+            value = parse_value(c);
+        }
+        int stored = value == NULL ? -1 : PyDict_SetItem(object, key, value);
+        Py_DECREF(key);
+        Py_XDECREF(value);
+        if (stored < 0 || c->at == c->end)
+            goto fail;
+        if (*c->at == '}') {
+            c->at++;
+            return object;
+        }
+        if (*c->at++ != ',')
+            goto fail;
+    }
+fail:
+    Py_DECREF(object);
+    return NULL;
+}
+
+static PyObject *
+parse_array(Cursor *c)
+{
+    PyObject *array = PyList_New(0);
+    if (array == NULL)
+        return NULL;
+    c->at++;
+    if (c->at < c->end && *c->at == ']') {
+        c->at++;
+        return array;
+    }
+    while (c->at < c->end) {
+        PyObject *item = parse_value(c);
+        int appended = item == NULL ? -1 : PyList_Append(array, item);
+        Py_XDECREF(item);
+        if (appended < 0 || c->at == c->end)
+            break;
+        if (*c->at == ']') {
+            c->at++;
+            return array;
+        }
+        if (*c->at++ != ',')
+            break;
+    }
+    Py_DECREF(array);
+    return NULL;
+}
+
+static PyObject *
+parse_literal(Cursor *c, const char *word, size_t length, PyObject *value)
+{
+    if ((size_t)(c->end - c->at) < length || memcmp(c->at, word, length) != 0)
+        return NULL;
+    c->at += length;
+    return Py_NewRef(value);
+}
+
+/* Any value at c->at: a new reference, NULL when in doubt (no error set) or on error. Depth is
+ * bounded by the caller, which counts the brackets first. */
+static PyObject *
+parse_value(Cursor *c)
+{
+    if (c->at == c->end)
+        return NULL;
+    const unsigned char *raw;
+    Py_ssize_t length;
+    switch (*c->at) {
+    case '{':
+        return parse_object(c);
+    case '[':
+        return parse_array(c);
+    case '"':
+        return parse_string(c, 0, &raw, &length);
+    case 't':
+        return parse_literal(c, "true", 4, Py_True);
+    case 'f':
+        return parse_literal(c, "false", 5, Py_False);
+    case 'n':
+        return parse_literal(c, "null", 4, Py_None);
+    default:
+        return parse_integer(c);
+    }
+}
+
+/* The object ``p`` holds when it is canonical as above: a new reference, or NULL (in doubt:
+ * no error set; on a real error: set). */
+static PyObject *
+parse_canonical(const char *p, Py_ssize_t size)
+{
+    Cursor c = {(const unsigned char *)p, (const unsigned char *)p + size};
+    if (size == 0 || *p != '{')
+        return NULL;
+    PyObject *object = parse_object(&c);
+    if (object != NULL && c.at != c.end)
+        Py_CLEAR(object);
+    return object;
+}
+
+/* The parsed envelope when ``line`` is canonical (parse_canonical; a key beyond U+FFFF is
+ * left to wide_text_ok, since UTF-16 sorts it differently), else NULL (with an error set only
+ * on a real error). An escape line ('{"index":') and any backslash go to the fallback. */
 static PyObject *
 canonical_envelope(PyObject *line)
 {
@@ -664,22 +820,11 @@ canonical_envelope(PyObject *line)
     }
     if (brackets > max_depth)
         return NULL;
-    PyObject *envelope = PyObject_CallOneArg(loads, line);
-    if (envelope == NULL) { /* not JSON: the fallback says so; any other error stands */
-        if (PyErr_ExceptionMatches(decode_error))
-            PyErr_Clear();
+    PyObject *envelope = parse_canonical(p, size);
+    if (envelope == NULL)
         return NULL;
-    }
-    if (!PyDict_CheckExact(envelope)) {
-        Py_DECREF(envelope);
-        return NULL;
-    }
-    /* What orjson's sorted re-serialisation would tell, without making it (see the Python
-     * loop): the form of the bytes here, the values' types and bounds in plain_values. */
-    int same = compact_and_sorted(p, size);
-    if (same > 0)
-        same = plain_values(envelope);
-    if (same > 0 && beyond_bmp) { /* keys beyond U+FFFF sort differently in UTF-16 */
+    int same = 1;
+    if (beyond_bmp) { /* keys beyond U+FFFF sort differently in UTF-16 */
         PyObject *verdict = PyObject_CallOneArg(wide_text_ok, line);
         same = verdict == NULL ? -1 : PyObject_IsTrue(verdict);
         Py_XDECREF(verdict);
@@ -935,24 +1080,64 @@ residue(PyObject *value)
     return result;
 }
 
+/* BLAKE2b-128 keyed with ``secret`` (RFC 7693, as hashlib.blake2b(key=secret, digest_size=16)):
+ * OpenSSL's BLAKE2BMAC, fetched once. A context keyed once per fold is copied for each key, as
+ * the Python twin copies its keyed hasher. */
+static EVP_MAC *blake2b_mac;
+
+static EVP_MAC_CTX *
+keyed_blake2b_new(const void *secret, size_t size)
+{
+    size_t digest_size = 16;
+    OSSL_PARAM params[] = {OSSL_PARAM_construct_size_t(OSSL_MAC_PARAM_SIZE, &digest_size),
+                           OSSL_PARAM_END};
+    EVP_MAC_CTX *keyed = EVP_MAC_CTX_new(blake2b_mac);
+    if (keyed == NULL || !EVP_MAC_init(keyed, secret, size, params)) {
+        EVP_MAC_CTX_free(keyed);
+        PyErr_SetString(PyExc_RuntimeError, "OpenSSL's BLAKE2b failed");
+        return NULL;
+    }
+    return keyed;
+}
+
+static int
+keyed_blake2b(EVP_MAC_CTX *keyed, const char *data, size_t size, unsigned char *out)
+{
+    size_t length = 0;
+    EVP_MAC_CTX *mac = EVP_MAC_CTX_dup(keyed);
+    int ok = mac != NULL && EVP_MAC_update(mac, (const unsigned char *)data, size) &&
+             EVP_MAC_final(mac, out, &length, 16) && length == 16;
+    EVP_MAC_CTX_free(mac);
+    if (!ok)
+        PyErr_SetString(PyExc_RuntimeError, "OpenSSL's BLAKE2b failed");
+    return ok ? 0 : -1;
+}
+
 PyDoc_STRVAR(fold_doc,
-             "fold(values, keyed, buckets, slots) -> dict[int, int]\n\n"
+             "fold(values, secret, buckets, slots) -> dict[int, int]\n\n"
              "audit.tally._fold_python in C: {bucket: Σ weight × value mod p} over the non-zero "
-             "values, each key's (bucket, weight) taken from ``slots`` or derived from a copy "
-             "of ``keyed`` (a keyed BLAKE2b-128) and kept there.");
+             "values, each key's (bucket, weight) taken from ``slots`` or derived from its "
+             "BLAKE2b-128 keyed with ``secret``, and kept there.");
 
 static PyObject *
 fold(PyObject *module, PyObject *args)
 {
-    PyObject *values, *keyed, *slots;
+    PyObject *values, *slots;
+    Py_buffer secret;
     Py_ssize_t buckets;
-    if (!PyArg_ParseTuple(args, "O!OnO!", &PyDict_Type, &values, &keyed, &buckets, &PyDict_Type,
-                          &slots))
+    if (!PyArg_ParseTuple(args, "O!y*nO!", &PyDict_Type, &values, &secret, &buckets,
+                          &PyDict_Type, &slots))
         return NULL;
-    if (buckets <= 0) {
-        PyErr_SetString(PyExc_ValueError, "buckets must be positive");
+    EVP_MAC_CTX *keyed = NULL;
+    if (buckets <= 0 || secret.len < 1 || secret.len > 64) {
+        PyErr_SetString(PyExc_ValueError, "buckets must be positive, the secret 1 to 64 bytes");
+        PyBuffer_Release(&secret);
         return NULL;
     }
+    keyed = keyed_blake2b_new(secret.buf, (size_t)secret.len);
+    PyBuffer_Release(&secret);
+    if (keyed == NULL)
+        return NULL;
     unsigned long long *sums = PyMem_Calloc((size_t)buckets, sizeof *sums);
     unsigned char *touched = PyMem_Calloc((size_t)buckets, 1);
     Py_ssize_t *order = PyMem_Malloc(sizeof *order * (size_t)buckets), n_touched = 0;
@@ -993,31 +1178,14 @@ fold(PyObject *module, PyObject *args)
             const char *utf8 = PyUnicode_AsUTF8AndSize(key, &size);
             if (utf8 == NULL)
                 goto done;
-            PyObject *hasher = PyObject_CallMethodNoArgs(keyed, copy_name);
-            if (hasher == NULL)
+            unsigned char d[16];
+            if (keyed_blake2b(keyed, utf8, (size_t)size, d) < 0)
                 goto done;
-            PyObject *data = PyBytes_FromStringAndSize(utf8, size);
-            PyObject *none = data == NULL ? NULL
-                                          : PyObject_CallMethodOneArg(hasher, update_name, data);
-            PyObject *digest = none == NULL ? NULL
-                                            : PyObject_CallMethodNoArgs(hasher, digest_name);
-            Py_XDECREF(data);
-            Py_XDECREF(none);
-            Py_DECREF(hasher);
-            if (digest == NULL)
-                goto done;
-            if (!PyBytes_Check(digest) || PyBytes_GET_SIZE(digest) != 16) {
-                Py_DECREF(digest);
-                PyErr_SetString(PyExc_ValueError, "the keyed hash must give 16 bytes");
-                goto done;
-            }
-            const unsigned char *d = (const unsigned char *)PyBytes_AS_STRING(digest);
             unsigned long long high = 0, low = 0;
             for (int i = 0; i < 8; i++) {
                 high = high << 8 | d[i];
                 low = low << 8 | d[8 + i];
             }
-            Py_DECREF(digest);
             bucket = (Py_ssize_t)(high % (unsigned long long)buckets);
             weight = low % MERSENNE_61;
             PyObject *slot = Py_BuildValue("(nK)", bucket, weight);
@@ -1050,6 +1218,7 @@ fold(PyObject *module, PyObject *args)
         Py_XDECREF(total);
     }
 done:
+    EVP_MAC_CTX_free(keyed);
     PyMem_Free(sums);
     PyMem_Free(touched);
     PyMem_Free(order);
@@ -1249,9 +1418,6 @@ PyInit__native(void)
     key_kind = PyUnicode_InternFromString("kind");
     key_id = PyUnicode_InternFromString("id");
     adjustment_kind = PyUnicode_InternFromString("ADJUSTMENT");
-    digest_name = PyUnicode_InternFromString("digest");
-    copy_name = PyUnicode_InternFromString("copy");
-    update_name = PyUnicode_InternFromString("update");
     nfc = PyUnicode_InternFromString("NFC");
     key_remaining = PyUnicode_InternFromString("remaining");
     key_member = PyUnicode_InternFromString("member");
@@ -1260,19 +1426,20 @@ PyInit__native(void)
     not_a_lot = PyUnicode_InternFromString("not a lot");
     sha_context = EVP_MD_CTX_new();
     sha256_md = EVP_MD_fetch(NULL, "SHA2-256", NULL);
-    if (sha_context == NULL || sha256_md == NULL) {
-        PyErr_SetString(PyExc_ImportError, "OpenSSL gave no SHA-256");
+    blake2b_mac = EVP_MAC_fetch(NULL, "BLAKE2BMAC", NULL);
+    if (sha_context == NULL || sha256_md == NULL || blake2b_mac == NULL) {
+        PyErr_SetString(PyExc_ImportError, "OpenSSL gave no SHA-256 or no BLAKE2b");
         return NULL;
     }
     if (!key_account || !key_amount || !key_lot || !key_delta || !key_kind || !key_id ||
-        !adjustment_kind || !digest_name || !copy_name || !update_name ||
+        !adjustment_kind ||
         !nfc || !key_remaining || !key_member ||
         !key_opened_by || !key_pending || !not_a_lot)
         return NULL;
     PyObject *module = PyModule_Create(&module_def);
     /* Raised whenever a function's arguments or results change: audit.leafscan ignores a
      * module built from other sources (a stale build left beside newer ones). */
-    if (module != NULL && PyModule_AddIntConstant(module, "INTERFACE", 1) < 0)
+    if (module != NULL && PyModule_AddIntConstant(module, "INTERFACE", 2) < 0)
         Py_CLEAR(module);
     return module;
 }

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
 
 from audit.native import NATIVE as _native
 
@@ -65,7 +64,6 @@ def fold_many(
 ) -> dict[str, dict[int, int]]:
     """:func:`fold` for several tallies at once, hashing each distinct key once. The slots of
     the keys of the ``recurring`` tallies are kept for the next call (up to a bound)."""
-    keyed = hashlib.blake2b(key=secret, digest_size=16)
     fold_one = FOLDS[-1]
     kept = _KEPT.get((secret, buckets))
     if kept is None or len(kept) > _KEPT_MAX:
@@ -73,20 +71,22 @@ def fold_many(
         kept = _KEPT[(secret, buckets)] = {}
     fresh: dict[str, tuple[int, int]] = {}
     return {
-        name: fold_one(values, keyed, buckets, kept if name in recurring else fresh)
+        name: fold_one(values, secret, buckets, kept if name in recurring else fresh)
         for name, values in tallies.items()
     }
 
 
 def _fold_python(
     values: Mapping[str, int],
-    keyed: Any,
+    secret: bytes,
     buckets: int,
     slots: dict[str, tuple[int, int]],
 ) -> dict[int, int]:
-    """One tally of :func:`fold_many`: each key's slot from ``slots`` or derived from a copy of
-    ``keyed`` (and kept in ``slots``), then per bucket Σ weight × value mod p."""
-    copy, from_bytes, low, prime = keyed.copy, int.from_bytes, _LOW, P
+    """One tally of :func:`fold_many`: each key's slot from ``slots`` or derived from its
+    BLAKE2b keyed with ``secret`` (and kept in ``slots``), then per bucket Σ weight × value
+    mod p."""
+    copy = hashlib.blake2b(key=secret, digest_size=16).copy
+    from_bytes, low, prime = int.from_bytes, _LOW, P
     # Sums first, reduced once per bucket: Python integers do not overflow.
     sums: dict[int, int] = {}
     for key, value in values.items():
