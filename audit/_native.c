@@ -209,33 +209,229 @@ sha256_of(unsigned char prefix, const void *data, size_t size, unsigned char *ou
     return 0;
 }
 
-/* d[key] += value (a missing key counts as 0, as in the defaultdicts of audit.leafscan). */
-static int
-add_object(PyObject *d, PyObject *key, PyObject *value)
+/* -- tallies folded as they are added (audit.tally) ----------------------------------------- *
+ *
+ * The Python loops add exact values per key, then fold each tally into buckets
+ * (audit.tally.fold_many): F[b] = Σ w(k)·v(k) mod p. A fold is a sum, so the loops here fold
+ * each value as they add it, into one array of residues per tally, with the same slots (bucket,
+ * weight) for the same keys: the same buckets come out, and no dict of exact values is built. */
+
+#define MERSENNE_61 ((1ULL << 61) - 1)
+
+/* The tallies in the order of audit.leafscan.TALLIES. */
+enum { T_BALANCE, T_STATE, T_TERMS, T_COVER, T_PENDING, N_TALLIES };
+
+static unsigned long long
+mod_p(unsigned __int128 value)
 {
-    PyObject *old = PyDict_GetItemWithError(d, key);
-    if (old == NULL) {
-        if (PyErr_Occurred())
-            return -1;
-        return PyDict_SetItem(d, key, value);
+    /* 2^61 ≡ 1 (mod 2^61 − 1): fold the high bits onto the low ones, twice, then subtract. */
+    unsigned __int128 folded = (value & MERSENNE_61) + (value >> 61);
+    folded = (folded & MERSENNE_61) + (folded >> 61);
+    unsigned long long result = (unsigned long long)folded;
+    return result >= MERSENNE_61 ? result - MERSENNE_61 : result;
+}
+
+/* The residue of a 64-bit integer modulo 2^61 − 1, in [0, p). */
+static unsigned long long
+residue_of(long long value)
+{
+    long long r = value % (long long)MERSENNE_61;
+    return (unsigned long long)(r < 0 ? r + (long long)MERSENNE_61 : r);
+}
+
+/* The residue of a Python int modulo 2^61 − 1, in [0, p); (unsigned long long)-1 on error. */
+static unsigned long long
+residue(PyObject *value)
+{
+    int overflow = 0;
+    long long small = PyLong_AsLongLongAndOverflow(value, &overflow);
+    if (!overflow) {
+        if (small == -1 && PyErr_Occurred())
+            return (unsigned long long)-1;
+        return residue_of(small);
     }
-    PyObject *sum = PyNumber_Add(old, value);
-    if (sum == NULL)
-        return -1;
-    int result = PyDict_SetItem(d, key, sum);
-    Py_DECREF(sum);
+    PyObject *p = PyLong_FromUnsignedLongLong(MERSENNE_61);
+    PyObject *r = p == NULL ? NULL : PyNumber_Remainder(value, p); /* Python's: in [0, p) */
+    Py_XDECREF(p);
+    if (r == NULL)
+        return (unsigned long long)-1;
+    unsigned long long result = PyLong_AsUnsignedLongLong(r);
+    Py_DECREF(r);
     return result;
 }
 
-static int
-add(PyObject *d, PyObject *key, long long value)
+/* BLAKE2b-128 keyed with ``secret`` (RFC 7693, as hashlib.blake2b(key=secret, digest_size=16)):
+ * OpenSSL's BLAKE2BMAC, fetched once. A context keyed once per call is copied for each key, as
+ * the Python twin copies its keyed hasher. */
+static EVP_MAC *blake2b_mac;
+
+static EVP_MAC_CTX *
+keyed_blake2b_new(const void *secret, size_t size)
 {
-    PyObject *number = PyLong_FromLongLong(value);
-    if (number == NULL)
+    size_t digest_size = 16;
+    OSSL_PARAM params[] = {OSSL_PARAM_construct_size_t(OSSL_MAC_PARAM_SIZE, &digest_size),
+                           OSSL_PARAM_END};
+    EVP_MAC_CTX *keyed = EVP_MAC_CTX_new(blake2b_mac);
+    if (keyed == NULL || !EVP_MAC_init(keyed, secret, size, params)) {
+        EVP_MAC_CTX_free(keyed);
+        PyErr_SetString(PyExc_RuntimeError, "OpenSSL's BLAKE2b failed");
+        return NULL;
+    }
+    return keyed;
+}
+
+static int
+keyed_blake2b(EVP_MAC_CTX *keyed, const char *data, size_t size, unsigned char *out)
+{
+    size_t length = 0;
+    EVP_MAC_CTX *mac = EVP_MAC_CTX_dup(keyed);
+    int ok = mac != NULL && EVP_MAC_update(mac, (const unsigned char *)data, size) &&
+             EVP_MAC_final(mac, out, &length, 16) && length == 16;
+    EVP_MAC_CTX_free(mac);
+    if (!ok)
+        PyErr_SetString(PyExc_RuntimeError, "OpenSSL's BLAKE2b failed");
+    return ok ? 0 : -1;
+}
+
+/* Folding tallies into buckets: one call's worth. */
+typedef struct {
+    Py_ssize_t buckets;
+    PyObject *kept; /* str -> (bucket, weight): the slots kept for keys that recur */
+    EVP_MAC_CTX *keyed;
+    unsigned long long *sums; /* N_TALLIES × buckets residues */
+} Folder;
+
+/* A folder for ``buckets`` buckets, keyed with ``secret``: 0, or -1 with an error set. */
+static int
+folder_open(Folder *f, PyObject *secret, Py_ssize_t buckets, PyObject *kept)
+{
+    f->keyed = NULL;
+    f->sums = NULL;
+    f->buckets = buckets;
+    f->kept = kept;
+    if (!PyBytes_Check(secret) || PyBytes_GET_SIZE(secret) < 1 || PyBytes_GET_SIZE(secret) > 64 ||
+        buckets <= 0 || !PyDict_Check(kept)) {
+        PyErr_SetString(PyExc_ValueError,
+                        "a secret of 1 to 64 bytes, a positive number of buckets, a dict of slots");
         return -1;
-    int result = add_object(d, key, number);
-    Py_DECREF(number);
-    return result;
+    }
+    f->keyed = keyed_blake2b_new(PyBytes_AS_STRING(secret), (size_t)PyBytes_GET_SIZE(secret));
+    if (f->keyed == NULL)
+        return -1;
+    f->sums = PyMem_Calloc((size_t)(N_TALLIES * buckets), sizeof *f->sums);
+    if (f->sums == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+static void
+folder_close(Folder *f)
+{
+    EVP_MAC_CTX_free(f->keyed);
+    PyMem_Free(f->sums);
+    f->keyed = NULL;
+    f->sums = NULL;
+}
+
+/* The slot of ``key`` (a str): from the kept slots when ``keep`` and it is there, else derived
+ * from its keyed BLAKE2b (audit.tally.slot) and, when ``keep``, kept. 0, or -1 on error. */
+static int
+slot_of(Folder *f, PyObject *key, int keep, Py_ssize_t *bucket, unsigned long long *weight)
+{
+    if (keep) {
+        PyObject *found = PyDict_GetItemWithError(f->kept, key);
+        if (found != NULL) {
+            if (!PyTuple_CheckExact(found) || PyTuple_GET_SIZE(found) != 2) {
+                PyErr_SetString(PyExc_TypeError, "a kept slot is not (bucket, weight)");
+                return -1;
+            }
+            *bucket = PyLong_AsSsize_t(PyTuple_GET_ITEM(found, 0));
+            *weight = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(found, 1));
+            if (PyErr_Occurred())
+                return -1;
+            if (*bucket < 0 || *bucket >= f->buckets) {
+                PyErr_SetString(PyExc_ValueError, "a kept slot is out of range");
+                return -1;
+            }
+            return 0;
+        }
+        if (PyErr_Occurred())
+            return -1;
+    }
+    Py_ssize_t size;
+    const char *utf8 = PyUnicode_AsUTF8AndSize(key, &size);
+    unsigned char d[16];
+    if (utf8 == NULL || keyed_blake2b(f->keyed, utf8, (size_t)size, d) < 0)
+        return -1;
+    unsigned long long high = 0, low = 0;
+    for (int i = 0; i < 8; i++) {
+        high = high << 8 | d[i];
+        low = low << 8 | d[8 + i];
+    }
+    *bucket = (Py_ssize_t)(high % (unsigned long long)f->buckets);
+    *weight = low % MERSENNE_61;
+    if (!keep)
+        return 0;
+    PyObject *slot = Py_BuildValue("(nK)", *bucket, *weight);
+    int stored = slot == NULL ? -1 : PyDict_SetItem(f->kept, key, slot);
+    Py_XDECREF(slot);
+    return stored;
+}
+
+/* F[bucket] += weight × value (a residue) in one tally. */
+static void
+fold_in(Folder *f, int tally, Py_ssize_t bucket, unsigned long long weight,
+        unsigned long long value)
+{
+    unsigned long long *sum = &f->sums[tally * f->buckets + bucket];
+    *sum = mod_p((unsigned __int128)*sum + (unsigned __int128)weight * value);
+}
+
+/* Fold ``value`` under ``key`` into one tally: 0, or -1 on error. */
+static int
+fold_key(Folder *f, int tally, PyObject *key, unsigned long long value)
+{
+    Py_ssize_t bucket;
+    unsigned long long weight;
+    int keep = tally == T_BALANCE || tally == T_COVER || tally == T_PENDING;
+    if (slot_of(f, key, keep, &bucket, &weight) < 0)
+        return -1;
+    fold_in(f, tally, bucket, weight, value);
+    return 0;
+}
+
+/* The ``n`` tallies from ``first`` as dicts {bucket: F[bucket]}, without the zero buckets (as
+ * audit.tally._fold_python gives them): a new tuple, or NULL. */
+static PyObject *
+folder_result(Folder *f, int first, int n)
+{
+    PyObject *out = PyTuple_New(n);
+    for (int t = 0; out != NULL && t < n; t++) {
+        PyObject *folded = PyDict_New();
+        if (folded == NULL) {
+            Py_CLEAR(out);
+            break;
+        }
+        PyTuple_SET_ITEM(out, t, folded);
+        const unsigned long long *sums = &f->sums[(first + t) * f->buckets];
+        for (Py_ssize_t b = 0; b < f->buckets; b++) {
+            if (sums[b] == 0)
+                continue;
+            PyObject *bucket = PyLong_FromSsize_t(b);
+            PyObject *total = PyLong_FromUnsignedLongLong(sums[b]);
+            int stored = bucket == NULL || total == NULL ? -1
+                                                          : PyDict_SetItem(folded, bucket, total);
+            Py_XDECREF(bucket);
+            Py_XDECREF(total);
+            if (stored < 0) {
+                Py_CLEAR(out);
+                break;
+            }
+        }
+    }
+    return out;
 }
 
 /* A posting that passed its checks, held until the whole entry has. */
@@ -251,40 +447,116 @@ typedef struct {
     long long state;
 } Lot;
 
+/* Append the JSON orjson writes for ``value`` to ``out`` (at most ``room`` bytes): the length
+ * written, or -1 when the value is not one written here (then orjson writes it). Text without
+ * a quote, backslash or control character is written as its UTF-8 between quotes, as orjson
+ * writes it; integers within 64 bits in decimal; null, true and false. */
+static Py_ssize_t
+plain_json_of(PyObject *value, char *out, Py_ssize_t room)
+{
+    if (PyUnicode_CheckExact(value)) {
+        Py_ssize_t size;
+        const char *utf8 = PyUnicode_AsUTF8AndSize(value, &size);
+        if (utf8 == NULL) {
+            PyErr_Clear(); /* orjson says what is wrong with it */
+            return -1;
+        }
+        if (size + 2 > room)
+            return -1;
+        unsigned char low = 0xFF, quote = 0;
+        for (Py_ssize_t i = 0; i < size; i++) {
+            unsigned char c = (unsigned char)utf8[i];
+            low = c < low ? c : low;
+            quote |= (c == '"') | (c == '\\');
+        }
+        if (low < 0x20 || quote)
+            return -1;
+        out[0] = '"';
+        memcpy(out + 1, utf8, (size_t)size);
+        out[size + 1] = '"';
+        return size + 2;
+    }
+    if (PyLong_CheckExact(value)) {
+        int overflow = 0;
+        long long number = PyLong_AsLongLongAndOverflow(value, &overflow);
+        if (overflow || (number == -1 && PyErr_Occurred())) {
+            PyErr_Clear();
+            return -1;
+        }
+        char digits[24];
+        int length = snprintf(digits, sizeof digits, "%lld", number);
+        if (length <= 0 || length > room)
+            return -1;
+        memcpy(out, digits, (size_t)length);
+        return length;
+    }
+    const char *word = value == Py_None ? "null"
+                       : value == Py_True ? "true"
+                       : value == Py_False ? "false"
+                                           : NULL;
+    if (word == NULL || (Py_ssize_t)strlen(word) > room)
+        return -1;
+    memcpy(out, word, strlen(word));
+    return (Py_ssize_t)strlen(word);
+}
+
 /* audit.leafscan.lot_terms for a lot whose members have passed their checks (``values`` in
  * sorted order): the first 8 bytes, as a big-endian integer, of SHA-256 of 0x02 ‖ the orjson
- * bytes of (opened by, values). Should orjson refuse the values, the Python function decides. */
+ * bytes of [opened by, values...], into *terms. The bytes are written here when every value is
+ * plain (plain_json_of), else by orjson; should orjson refuse them, the Python function decides.
+ * 0, or -1 on error. */
 #define TERMS_PREFIX 2
-static PyObject *
-terms_of(PyObject *opened_by, PyObject *lot, PyObject **values)
+#define TERMS_ROOM 1024
+static int
+terms_of(PyObject *opened_by, PyObject *lot, PyObject **values, unsigned long long *terms)
 {
-    PyObject *terms = PyTuple_New(1 + LOT_KEYS);
-    if (terms == NULL)
-        return NULL;
-    Py_INCREF(opened_by);
-    PyTuple_SET_ITEM(terms, 0, opened_by);
-    for (int i = 0; i < LOT_KEYS; i++) {
-        Py_INCREF(values[i]);
-        PyTuple_SET_ITEM(terms, 1 + i, values[i]);
-    }
-    PyObject *data = PyObject_CallOneArg(dumps, terms);
-    Py_DECREF(terms);
-    if (data == NULL) {
-        if (!PyErr_ExceptionMatches(encode_error))
-            return NULL;
-        PyErr_Clear();
-        return PyObject_CallFunctionObjArgs(lot_terms, opened_by, lot, NULL);
+    char text[TERMS_ROOM];
+    Py_ssize_t at = 0;
+    PyObject *items[1 + LOT_KEYS] = {opened_by};
+    memcpy(items + 1, values, sizeof(PyObject *) * LOT_KEYS);
+    text[at++] = '[';
+    for (int i = 0; i < 1 + LOT_KEYS && at > 0; i++) {
+        if (i > 0)
+            text[at++] = ',';
+        Py_ssize_t written = plain_json_of(items[i], text + at, TERMS_ROOM - 2 - at);
+        at = written < 0 ? -1 : at + written;
     }
     unsigned char digest[32];
-    int failed =
-        sha256_of(TERMS_PREFIX, PyBytes_AS_STRING(data), (size_t)PyBytes_GET_SIZE(data), digest);
-    Py_DECREF(data);
-    if (failed)
-        return NULL;
+    if (at > 0) {
+        text[at++] = ']';
+        if (sha256_of(TERMS_PREFIX, text, (size_t)at, digest) < 0)
+            return -1;
+    }
+    else {
+        PyObject *tuple = PyTuple_New(1 + LOT_KEYS);
+        if (tuple == NULL)
+            return -1;
+        for (int i = 0; i < 1 + LOT_KEYS; i++) {
+            Py_INCREF(items[i]);
+            PyTuple_SET_ITEM(tuple, i, items[i]);
+        }
+        PyObject *data = PyObject_CallOneArg(dumps, tuple);
+        Py_DECREF(tuple);
+        if (data == NULL) {
+            if (!PyErr_ExceptionMatches(encode_error))
+                return -1;
+            PyErr_Clear();
+            PyObject *value = PyObject_CallFunctionObjArgs(lot_terms, opened_by, lot, NULL);
+            *terms = value == NULL ? 0 : PyLong_AsUnsignedLongLong(value);
+            Py_XDECREF(value);
+            return PyErr_Occurred() ? -1 : 0;
+        }
+        int failed = sha256_of(TERMS_PREFIX, PyBytes_AS_STRING(data),
+                               (size_t)PyBytes_GET_SIZE(data), digest);
+        Py_DECREF(data);
+        if (failed)
+            return -1;
+    }
     unsigned long long value = 0;
     for (int i = 0; i < 8; i++)
         value = value << 8 | digest[i];
-    return PyLong_FromUnsignedLongLong(value);
+    *terms = value;
+    return 0;
 }
 
 /* Whether ``name`` is a well-formed account: its parse, a new reference, or NULL with no error
@@ -312,10 +584,10 @@ account_of(PyObject *name)
     return parsed;
 }
 
-/* Check an entry body and, when it passes every check, add its effects to the tallies.
+/* Check an entry body and, when it passes every check, fold its effects into the tallies.
  * Returns 1 (tallied), 0 (take the fallback; nothing tallied) or -1 (error). */
 static int
-entry(PyObject *body, PyObject *kind, PyObject **tallies)
+entry(PyObject *body, PyObject *kind, Folder *folder)
 {
     PyObject *f[ENTRY_KEYS];
     Posting postings[MAX_HELD];
@@ -411,39 +683,38 @@ entry(PyObject *body, PyObject *kind, PyObject **tallies)
             goto done;
 
     /* Every check passed: the entry's effects. */
-    PyObject *balance = tallies[0], *cover = tallies[1], *pending = tallies[2];
-    PyObject *state = tallies[3], *terms = tallies[4];
     result = -1;
     for (Py_ssize_t i = 0; i < n_postings; i++) {
         Posting *p = &postings[i];
-        if (add(balance, p->account, p->amount) < 0)
+        unsigned long long amount = residue_of(p->amount);
+        if (fold_key(folder, T_BALANCE, p->account, amount) < 0)
             goto done;
         PyObject *member = PyTuple_GET_ITEM(p->parsed, 1);
         if (member != Py_None) {
             int is_pending = PyObject_IsTrue(PyTuple_GET_ITEM(p->parsed, 2));
-            if (is_pending < 0 || add(is_pending ? pending : cover, member, p->amount) < 0)
+            if (is_pending < 0 ||
+                fold_key(folder, is_pending ? T_PENDING : T_COVER, member, amount) < 0)
                 goto done;
         }
     }
-    for (Py_ssize_t i = 0; i < n_lots; i++) {
-        PyObject *lot_id = lots[i].values[L_ID];
-        PyObject *digest = terms_of(f[B_ID], lots[i].lot, lots[i].values);
-        if (digest == NULL)
+    for (Py_ssize_t i = 0; i < n_lots; i++) { /* one slot for the lot's two tallies */
+        Py_ssize_t bucket;
+        unsigned long long weight, terms;
+        if (terms_of(f[B_ID], lots[i].lot, lots[i].values, &terms) < 0 ||
+            slot_of(folder, lots[i].values[L_ID], 0, &bucket, &weight) < 0)
             goto done;
-        int added = add_object(terms, lot_id, digest);
-        Py_DECREF(digest);
-        if (added < 0 || add(state, lot_id, lots[i].state) < 0)
-            goto done;
+        fold_in(folder, T_TERMS, bucket, weight, terms % MERSENNE_61);
+        fold_in(folder, T_STATE, bucket, weight, residue_of(lots[i].state));
     }
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(moves); i++) {
         PyObject *move = PyList_GET_ITEM(moves, i);
         int ok = 1;
         long long delta = exact_int(PyDict_GetItem(move, key_delta), &ok);
-        if (add(state, PyDict_GetItem(move, key_lot), 2 * delta) < 0)
+        if (fold_key(folder, T_STATE, PyDict_GetItem(move, key_lot), residue_of(2 * delta)) < 0)
             goto done;
     }
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(released); i++)
-        if (add(state, PyList_GET_ITEM(released, i), -1) < 0)
+        if (fold_key(folder, T_STATE, PyList_GET_ITEM(released, i), residue_of(-1)) < 0)
             goto done;
     result = 1;
 done:
@@ -839,7 +1110,7 @@ canonical_envelope(PyObject *line)
 /* One line: 1 when checked here (its tuple appended to ``scanned``), 0 when the fallback must
  * take it, -1 on error. */
 static int
-scan_line(PyObject *line, Py_ssize_t line_no, PyObject **tallies, PyObject *timestamps,
+scan_line(PyObject *line, Py_ssize_t line_no, Folder *folder, PyObject *timestamps,
           PyObject *scanned)
 {
     if (!PyBytes_CheckExact(line))
@@ -869,7 +1140,7 @@ scan_line(PyObject *line, Py_ssize_t line_no, PyObject **tallies, PyObject *time
         goto done;
     result = PySet_Contains(entry_kinds, kind);
     if (result > 0)
-        result = entry(body, kind, tallies);
+        result = entry(body, kind, folder);
     else if (result == 0) {
         result = PyObject_RichCompareBool(kind, audit_kind, Py_EQ);
         if (result > 0)
@@ -896,62 +1167,63 @@ done:
 }
 
 PyDoc_STRVAR(scan_doc,
-             "scan(lines, first_line, tallies, timestamps, scanned, fallback) -> list[int]\n\n"
-             "audit.leafscan._scan_python in C: ``tallies`` is (balance, cover, pending, "
-             "lot-state, lot-terms); ``fallback(line, line_no)`` returns the tuple of a line "
-             "this loop does not take. Returns the positions of the leaves it took.");
+             "scan(lines, first_line, secret, buckets, kept, timestamps, scanned, fallback) "
+             "-> (list[int], tuple[dict[int, int], ...])\n\n"
+             "audit.leafscan._scan_python in C, folding as it goes: ``fallback(line, line_no)`` "
+             "returns the tuple of a line this loop does not take. Returns the positions of the "
+             "leaves it took, and what they add to each tally of TALLIES, folded into "
+             "``buckets`` buckets under ``secret`` (the slots of recurring keys kept in "
+             "``kept``).");
 
 static PyObject *
 scan(PyObject *module, PyObject *args)
 {
-    PyObject *lines, *timestamps, *scanned, *fallback, *tallies_tuple;
-    Py_ssize_t first_line;
-    if (!PyArg_ParseTuple(args, "OnO!O!O!O", &lines, &first_line, &PyTuple_Type, &tallies_tuple,
-                          &PyDict_Type, &timestamps, &PyList_Type, &scanned, &fallback))
+    PyObject *lines, *secret, *kept, *timestamps, *scanned, *fallback;
+    Py_ssize_t first_line, buckets;
+    if (!PyArg_ParseTuple(args, "OnSnO!O!O!O", &lines, &first_line, &secret, &buckets,
+                          &PyDict_Type, &kept, &PyDict_Type, &timestamps, &PyList_Type, &scanned,
+                          &fallback))
         return NULL;
-    if (loads == NULL) {
+    if (dumps == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "audit._native.configure() was not called");
         return NULL;
     }
-    PyObject *tallies[5];
-    if (PyTuple_GET_SIZE(tallies_tuple) != 5) {
-        PyErr_SetString(PyExc_ValueError, "tallies must be five dicts");
+    Folder folder;
+    if (folder_open(&folder, secret, buckets, kept) < 0) {
+        folder_close(&folder);
         return NULL;
     }
-    for (int i = 0; i < 5; i++) {
-        tallies[i] = PyTuple_GET_ITEM(tallies_tuple, i);
-        if (!PyDict_Check(tallies[i])) {
-            PyErr_SetString(PyExc_TypeError, "tallies must be five dicts");
-            return NULL;
-        }
-    }
+    PyObject *taken = NULL, *result = NULL;
     PyObject *sequence = PySequence_Fast(lines, "lines must be a sequence");
     if (sequence == NULL)
-        return NULL;
-    PyObject *taken = PyList_New(0);
+        goto done;
+    taken = PyList_New(0);
     if (taken == NULL)
-        goto error;
+        goto done;
     for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(sequence); i++) {
         PyObject *line = PySequence_Fast_GET_ITEM(sequence, i);
         Py_ssize_t line_no = first_line + i;
-        int result = scan_line(line, line_no, tallies, timestamps, scanned);
-        if (result < 0)
-            goto error;
-        PyObject *item = result ? PyLong_FromSsize_t(i)
-                                : PyObject_CallFunction(fallback, "On", line, line_no);
+        int scanned_here = scan_line(line, line_no, &folder, timestamps, scanned);
+        if (scanned_here < 0)
+            goto done;
+        PyObject *item = scanned_here ? PyLong_FromSsize_t(i)
+                                      : PyObject_CallFunction(fallback, "On", line, line_no);
         if (item == NULL)
-            goto error;
-        int appended = PyList_Append(result ? taken : scanned, item);
+            goto done;
+        int appended = PyList_Append(scanned_here ? taken : scanned, item);
         Py_DECREF(item);
         if (appended < 0)
-            goto error;
+            goto done;
     }
-    Py_DECREF(sequence);
-    return taken;
-error:
-    Py_DECREF(sequence);
+    PyObject *folded = folder_result(&folder, 0, N_TALLIES);
+    if (folded != NULL)
+        result = PyTuple_Pack(2, taken, folded);
+    Py_XDECREF(folded);
+done:
+    folder_close(&folder);
+    Py_XDECREF(sequence);
     Py_XDECREF(taken);
-    return NULL;
+    return result;
 }
 
 /* Where the entry record sits in a leaf's canonical bytes: from after the first "entry": to the
@@ -1046,106 +1318,23 @@ done:
 
 /* -- audit.tally.fold_many's inner loop ------------------------------------------------------ */
 
-#define MERSENNE_61 ((1ULL << 61) - 1)
-
-static unsigned long long
-mod_p(unsigned __int128 value)
-{
-    /* 2^61 ≡ 1 (mod 2^61 − 1): fold the high bits onto the low ones, twice, then subtract. */
-    unsigned __int128 folded = (value & MERSENNE_61) + (value >> 61);
-    folded = (folded & MERSENNE_61) + (folded >> 61);
-    unsigned long long result = (unsigned long long)folded;
-    return result >= MERSENNE_61 ? result - MERSENNE_61 : result;
-}
-
-/* The residue of a Python int modulo 2^61 − 1, in [0, p); (unsigned long long)-1 on error. */
-static unsigned long long
-residue(PyObject *value)
-{
-    int overflow = 0;
-    long long small = PyLong_AsLongLongAndOverflow(value, &overflow);
-    if (!overflow) {
-        if (small == -1 && PyErr_Occurred())
-            return (unsigned long long)-1;
-        long long r = small % (long long)MERSENNE_61;
-        return (unsigned long long)(r < 0 ? r + (long long)MERSENNE_61 : r);
-    }
-    PyObject *p = PyLong_FromUnsignedLongLong(MERSENNE_61);
-    PyObject *r = p == NULL ? NULL : PyNumber_Remainder(value, p); /* Python's: in [0, p) */
-    Py_XDECREF(p);
-    if (r == NULL)
-        return (unsigned long long)-1;
-    unsigned long long result = PyLong_AsUnsignedLongLong(r);
-    Py_DECREF(r);
-    return result;
-}
-
-/* BLAKE2b-128 keyed with ``secret`` (RFC 7693, as hashlib.blake2b(key=secret, digest_size=16)):
- * OpenSSL's BLAKE2BMAC, fetched once. A context keyed once per fold is copied for each key, as
- * the Python twin copies its keyed hasher. */
-static EVP_MAC *blake2b_mac;
-
-static EVP_MAC_CTX *
-keyed_blake2b_new(const void *secret, size_t size)
-{
-    size_t digest_size = 16;
-    OSSL_PARAM params[] = {OSSL_PARAM_construct_size_t(OSSL_MAC_PARAM_SIZE, &digest_size),
-                           OSSL_PARAM_END};
-    EVP_MAC_CTX *keyed = EVP_MAC_CTX_new(blake2b_mac);
-    if (keyed == NULL || !EVP_MAC_init(keyed, secret, size, params)) {
-        EVP_MAC_CTX_free(keyed);
-        PyErr_SetString(PyExc_RuntimeError, "OpenSSL's BLAKE2b failed");
-        return NULL;
-    }
-    return keyed;
-}
-
-static int
-keyed_blake2b(EVP_MAC_CTX *keyed, const char *data, size_t size, unsigned char *out)
-{
-    size_t length = 0;
-    EVP_MAC_CTX *mac = EVP_MAC_CTX_dup(keyed);
-    int ok = mac != NULL && EVP_MAC_update(mac, (const unsigned char *)data, size) &&
-             EVP_MAC_final(mac, out, &length, 16) && length == 16;
-    EVP_MAC_CTX_free(mac);
-    if (!ok)
-        PyErr_SetString(PyExc_RuntimeError, "OpenSSL's BLAKE2b failed");
-    return ok ? 0 : -1;
-}
-
 PyDoc_STRVAR(fold_doc,
              "fold(values, secret, buckets, slots) -> dict[int, int]\n\n"
              "audit.tally._fold_python in C: {bucket: Σ weight × value mod p} over the non-zero "
-             "values, each key's (bucket, weight) taken from ``slots`` or derived from its "
-             "BLAKE2b-128 keyed with ``secret``, and kept there.");
+             "values, zero buckets left out, each key's (bucket, weight) taken from ``slots`` "
+             "or derived from its BLAKE2b-128 keyed with ``secret``, and kept there.");
 
 static PyObject *
 fold(PyObject *module, PyObject *args)
 {
-    PyObject *values, *slots;
-    Py_buffer secret;
+    PyObject *values, *secret, *slots, *out = NULL;
     Py_ssize_t buckets;
-    if (!PyArg_ParseTuple(args, "O!y*nO!", &PyDict_Type, &values, &secret, &buckets,
+    if (!PyArg_ParseTuple(args, "O!SnO!", &PyDict_Type, &values, &secret, &buckets,
                           &PyDict_Type, &slots))
         return NULL;
-    EVP_MAC_CTX *keyed = NULL;
-    if (buckets <= 0 || secret.len < 1 || secret.len > 64) {
-        PyErr_SetString(PyExc_ValueError, "buckets must be positive, the secret 1 to 64 bytes");
-        PyBuffer_Release(&secret);
-        return NULL;
-    }
-    keyed = keyed_blake2b_new(secret.buf, (size_t)secret.len);
-    PyBuffer_Release(&secret);
-    if (keyed == NULL)
-        return NULL;
-    unsigned long long *sums = PyMem_Calloc((size_t)buckets, sizeof *sums);
-    unsigned char *touched = PyMem_Calloc((size_t)buckets, 1);
-    Py_ssize_t *order = PyMem_Malloc(sizeof *order * (size_t)buckets), n_touched = 0;
-    PyObject *out = NULL;
-    if (sums == NULL || touched == NULL || order == NULL) {
-        PyErr_NoMemory();
+    Folder folder;
+    if (folder_open(&folder, secret, buckets, slots) < 0)
         goto done;
-    }
     Py_ssize_t pos = 0;
     PyObject *key, *value;
     while (PyDict_Next(values, &pos, &key, &value)) {
@@ -1158,70 +1347,20 @@ fold(PyObject *module, PyObject *args)
             PyErr_SetString(PyExc_TypeError, "fold() takes str keys and int values");
             goto done;
         }
-        PyObject *found = PyDict_GetItemWithError(slots, key);
         Py_ssize_t bucket;
-        unsigned long long weight;
-        if (found != NULL) {
-            if (!PyTuple_CheckExact(found) || PyTuple_GET_SIZE(found) != 2) {
-                PyErr_SetString(PyExc_TypeError, "a kept slot is not (bucket, weight)");
-                goto done;
-            }
-            bucket = PyLong_AsSsize_t(PyTuple_GET_ITEM(found, 0));
-            weight = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(found, 1));
-            if (PyErr_Occurred())
-                goto done;
-        }
-        else {
-            if (PyErr_Occurred())
-                goto done;
-            Py_ssize_t size;
-            const char *utf8 = PyUnicode_AsUTF8AndSize(key, &size);
-            if (utf8 == NULL)
-                goto done;
-            unsigned char d[16];
-            if (keyed_blake2b(keyed, utf8, (size_t)size, d) < 0)
-                goto done;
-            unsigned long long high = 0, low = 0;
-            for (int i = 0; i < 8; i++) {
-                high = high << 8 | d[i];
-                low = low << 8 | d[8 + i];
-            }
-            bucket = (Py_ssize_t)(high % (unsigned long long)buckets);
-            weight = low % MERSENNE_61;
-            PyObject *slot = Py_BuildValue("(nK)", bucket, weight);
-            if (slot == NULL || PyDict_SetItem(slots, key, slot) < 0) {
-                Py_XDECREF(slot);
-                goto done;
-            }
-            Py_DECREF(slot);
-        }
-        if (bucket < 0 || bucket >= buckets) {
-            PyErr_SetString(PyExc_ValueError, "a kept slot is out of range");
+        unsigned long long weight, v = residue(value);
+        if ((v == (unsigned long long)-1 && PyErr_Occurred()) ||
+            slot_of(&folder, key, 1, &bucket, &weight) < 0)
             goto done;
-        }
-        unsigned long long v = residue(value);
-        if (v == (unsigned long long)-1 && PyErr_Occurred())
-            goto done;
-        sums[bucket] = mod_p((unsigned __int128)sums[bucket] + (unsigned __int128)weight * v);
-        if (!touched[bucket]) {
-            touched[bucket] = 1;
-            order[n_touched++] = bucket;
-        }
+        fold_in(&folder, 0, bucket, weight, v);
     }
-    out = PyDict_New();
-    for (Py_ssize_t i = 0; out != NULL && i < n_touched; i++) {
-        PyObject *b = PyLong_FromSsize_t(order[i]);
-        PyObject *total = PyLong_FromUnsignedLongLong(sums[order[i]]);
-        if (b == NULL || total == NULL || PyDict_SetItem(out, b, total) < 0)
-            Py_CLEAR(out);
-        Py_XDECREF(b);
-        Py_XDECREF(total);
+    PyObject *result = folder_result(&folder, 0, 1);
+    if (result != NULL) {
+        out = Py_NewRef(PyTuple_GET_ITEM(result, 0));
+        Py_DECREF(result);
     }
 done:
-    EVP_MAC_CTX_free(keyed);
-    PyMem_Free(sums);
-    PyMem_Free(touched);
-    PyMem_Free(order);
+    folder_close(&folder);
     return out;
 }
 
@@ -1229,104 +1368,92 @@ done:
 
 static PyObject *key_remaining, *key_member, *key_opened_by, *key_pending, *not_a_lot;
 
+/* One row of lots.jsonl, parsed: 1 when it is a cached lot (folded), 0 when not, -1 on error. */
+static int
+fold_lot_row(Folder *folder, PyObject *row)
+{
+    if (!PyDict_CheckExact(row))
+        return 0;
+    PyObject *remaining = PyDict_GetItemWithError(row, key_remaining);
+    PyObject *lot_id = PyDict_GetItemWithError(row, key_id);
+    PyObject *member = PyDict_GetItemWithError(row, key_member);
+    PyObject *opened_by = PyDict_GetItemWithError(row, key_opened_by);
+    if (PyErr_Occurred())
+        return -1;
+    if (!(remaining != NULL && PyLong_CheckExact(remaining) && lot_id != NULL &&
+          PyUnicode_Check(lot_id) && member != NULL && PyUnicode_Check(member) &&
+          opened_by != NULL && PyUnicode_Check(opened_by)))
+        return 0;
+    PyObject *flag = PyDict_GetItemWithError(row, key_pending);
+    int is_pending = flag == NULL ? 0 : PyObject_IsTrue(flag);
+    if (PyErr_Occurred())
+        return -1;
+    PyObject *values[LOT_KEYS];
+    for (int i = 0; i < LOT_KEYS; i++) {
+        values[i] = PyDict_GetItemWithError(row, lot_keys[i]);
+        if (values[i] == NULL) {
+            if (PyErr_Occurred())
+                return -1;
+            values[i] = Py_None;
+        }
+    }
+    Py_ssize_t bucket;
+    unsigned long long weight, terms, left = residue(remaining);
+    if ((left == (unsigned long long)-1 && PyErr_Occurred()) ||
+        terms_of(opened_by, row, values, &terms) < 0 ||
+        slot_of(folder, lot_id, 0, &bucket, &weight) < 0)
+        return -1;
+    fold_in(folder, T_TERMS, bucket, weight, terms % MERSENNE_61);
+    /* 2 × remaining + pending, as the leaves count a lot's state */
+    fold_in(folder, T_STATE, bucket, weight, mod_p((unsigned __int128)2 * left + is_pending));
+    return fold_key(folder, is_pending ? T_PENDING : T_COVER, member, left) < 0 ? -1 : 1;
+}
+
 PyDoc_STRVAR(fold_lots_doc,
-             "fold_lots(lines, first_line, tallies, errors)\n\n"
-             "audit.leafscan._fold_lots_python in C: ``tallies`` is (lot-state, lot-terms, "
-             "cover, pending).");
+             "fold_lots(lines, first_line, secret, buckets, kept, errors) -> tuple[dict, ...]\n\n"
+             "audit.leafscan._fold_lots_python in C, folding as it goes: what the cached lots "
+             "add to each tally of TALLIES, as scan() returns it.");
 
 static PyObject *
 fold_lots(PyObject *module, PyObject *args)
 {
-    PyObject *lines, *tallies, *errors;
-    Py_ssize_t first_line;
-    if (!PyArg_ParseTuple(args, "O!nO!O!", &PyList_Type, &lines, &first_line, &PyTuple_Type,
-                          &tallies, &PyList_Type, &errors))
+    PyObject *lines, *secret, *kept, *errors, *result = NULL;
+    Py_ssize_t first_line, buckets;
+    if (!PyArg_ParseTuple(args, "O!nSnO!O!", &PyList_Type, &lines, &first_line, &secret,
+                          &buckets, &PyDict_Type, &kept, &PyList_Type, &errors))
         return NULL;
     if (loads == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "audit._native.configure() was not called");
         return NULL;
     }
-    if (PyTuple_GET_SIZE(tallies) != 4) {
-        PyErr_SetString(PyExc_ValueError, "tallies must be four dicts");
-        return NULL;
-    }
-    for (int i = 0; i < 4; i++)
-        if (!PyDict_Check(PyTuple_GET_ITEM(tallies, i))) {
-            PyErr_SetString(PyExc_TypeError, "tallies must be four dicts");
-            return NULL;
-        }
-    PyObject *state = PyTuple_GET_ITEM(tallies, 0), *terms = PyTuple_GET_ITEM(tallies, 1);
-    PyObject *cover = PyTuple_GET_ITEM(tallies, 2), *pending = PyTuple_GET_ITEM(tallies, 3);
+    Folder folder;
+    if (folder_open(&folder, secret, buckets, kept) < 0)
+        goto done;
     for (Py_ssize_t n = 0; n < PyList_GET_SIZE(lines); n++) {
         PyObject *row = PyObject_CallOneArg(loads, PyList_GET_ITEM(lines, n));
         if (row == NULL) {
             if (!PyErr_ExceptionMatches(decode_error))
-                return NULL;
+                goto done;
             PyErr_Clear();
         }
-        int taken = 0;
-        if (row != NULL && PyDict_CheckExact(row)) {
-            PyObject *remaining = PyDict_GetItemWithError(row, key_remaining);
-            PyObject *lot_id = PyDict_GetItemWithError(row, key_id);
-            PyObject *member = PyDict_GetItemWithError(row, key_member);
-            PyObject *opened_by = PyDict_GetItemWithError(row, key_opened_by);
-            if (PyErr_Occurred())
-                goto error;
-            if (remaining != NULL && PyLong_CheckExact(remaining) && lot_id != NULL &&
-                PyUnicode_Check(lot_id) && member != NULL && PyUnicode_Check(member) &&
-                opened_by != NULL && PyUnicode_Check(opened_by)) {
-                PyObject *flag = PyDict_GetItemWithError(row, key_pending);
-                int is_pending = flag == NULL ? 0 : PyObject_IsTrue(flag);
-                if (PyErr_Occurred())
-                    goto error;
-                PyObject *values[LOT_KEYS];
-                for (int i = 0; i < LOT_KEYS; i++) {
-                    values[i] = PyDict_GetItemWithError(row, lot_keys[i]);
-                    if (values[i] == NULL) {
-                        if (PyErr_Occurred())
-                            goto error;
-                        values[i] = Py_None;
-                    }
-                }
-                PyObject *digest = terms_of(opened_by, row, values);
-                if (digest == NULL)
-                    goto error;
-                int added = add_object(terms, lot_id, digest);
-                Py_DECREF(digest);
-                PyObject *two = added < 0 ? NULL : PyLong_FromLong(2);
-                PyObject *twice = two == NULL ? NULL : PyNumber_Multiply(two, remaining);
-                PyObject *opened = twice == NULL ? NULL
-                                                 : PyNumber_Add(twice, is_pending ? Py_True
-                                                                                  : Py_False);
-                Py_XDECREF(two);
-                Py_XDECREF(twice);
-                if (opened == NULL)
-                    goto error;
-                added = add_object(state, lot_id, opened);
-                Py_DECREF(opened);
-                if (added < 0 || add_object(is_pending ? pending : cover, member, remaining) < 0)
-                    goto error;
-                taken = 1;
-            }
-        }
+        int taken = row == NULL ? 0 : fold_lot_row(&folder, row);
         Py_XDECREF(row);
-        row = NULL;
+        if (taken < 0)
+            goto done;
         if (!taken) {
             PyObject *error = Py_BuildValue("(NO)",
                                             PyUnicode_FromFormat("lots.jsonl:%zd", first_line + n),
                                             not_a_lot);
-            if (error == NULL || PyList_Append(errors, error) < 0) {
-                Py_XDECREF(error);
-                return NULL;
-            }
-            Py_DECREF(error);
+            int appended = error == NULL ? -1 : PyList_Append(errors, error);
+            Py_XDECREF(error);
+            if (appended < 0)
+                goto done;
         }
-        continue;
-    error:
-        Py_XDECREF(row);
-        return NULL;
     }
-    Py_RETURN_NONE;
+    result = folder_result(&folder, 0, N_TALLIES);
+done:
+    folder_close(&folder);
+    return result;
 }
 
 PyDoc_STRVAR(configure_doc, "configure(**helpers): the helpers and constants scan() uses.");
@@ -1439,7 +1566,7 @@ PyInit__native(void)
     PyObject *module = PyModule_Create(&module_def);
     /* Raised whenever a function's arguments or results change: audit.leafscan ignores a
      * module built from other sources (a stale build left beside newer ones). */
-    if (module != NULL && PyModule_AddIntConstant(module, "INTERFACE", 2) < 0)
+    if (module != NULL && PyModule_AddIntConstant(module, "INTERFACE", 3) < 0)
         Py_CLEAR(module);
     return module;
 }

@@ -43,7 +43,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from audit.native import NATIVE as _compiled
-from audit.tally import BUCKETS, fold_many
+from audit.tally import BUCKETS, fold_many, kept_slots, merge
 from ledger.canonical import (
     FLOAT_FIRST,
     FLOAT_ITEM,
@@ -125,10 +125,23 @@ class Effects:
         default_factory=lambda: {t: defaultdict(int) for t in TALLIES}
     )
     books: dict[str, int] = field(default_factory=lambda: {"POINTS": 0, "EUR": 0})
+    folded: dict[str, dict[int, int]] = field(default_factory=dict)
+    """What a compiled loop folded as it went, per tally (audit/_native.c keeps no exact
+    values): added to the fold of :attr:`values`."""
 
     def add(self, tally: str, key: str, value: int) -> None:
         target = self.values[tally]
         target[key] = target.get(key, 0) + value
+
+    def fold(self, secret: bytes, buckets: int) -> dict[str, dict[int, int]]:
+        """Every tally folded into buckets (:mod:`audit.tally`)."""
+        folded = fold_many(self.values, secret, buckets, RECURRING)
+        for name, part in self.folded.items():
+            if folded[name]:
+                merge(folded[name], part)
+            else:  # as a rule, no leaf took the fallback: nothing to add up
+                folded[name] = part
+        return folded
 
 
 @dataclass
@@ -194,8 +207,10 @@ def scan_chunk(
     findings: list[Finding] = []
     scanned: list[Scanned] = []
     timestamps: dict[str, bool] = {}
-    lazy = SCAN_LOOPS[-1](lines, first_line, effects, findings, timestamps, scanned)
-    folded = fold_many(effects.values, secret, buckets, RECURRING)
+    lazy = SCAN_LOOPS[-1](
+        lines, first_line, effects, findings, timestamps, scanned, secret, buckets
+    )
+    folded = effects.fold(secret, buckets)
     run = _as_run(scanned) if runs and not findings else None
     if (
         run is not None
@@ -255,13 +270,17 @@ def _scan_python(
     findings: list[Finding],
     timestamps: dict[str, bool],
     scanned: list[Scanned],
+    secret: bytes,
+    buckets: int,
 ) -> list[int]:
     """:func:`_scan_line` over every line, in one loop that makes the same checks inline for a
     leaf that passes them all (the common case) and hands any other leaf, untouched, to
     :func:`_scan_line`, which says what is wrong. Nothing is tallied before a leaf has passed
     every check, so the hand-over never counts an entry twice. The leaves that took the fast
     way get no body digest (a :class:`Run` needs none): their positions in ``scanned`` are
-    returned, for the caller to fill in when it does need them."""
+    returned, for the caller to fill in when it does need them. Exact values go to
+    ``effects.values``, which the caller folds under ``secret`` into ``buckets`` (the C twin
+    folds them as it goes)."""
     sha256, loads, dumps = hashlib.sha256, orjson.loads, orjson.dumps
     decode_error, encode_error = orjson.JSONDecodeError, orjson.JSONEncodeError
     float_member, float_item, float_first = FLOAT_MEMBER, FLOAT_ITEM, FLOAT_FIRST
@@ -470,17 +489,22 @@ def _scan_compiled(
     findings: list[Finding],
     timestamps: dict[str, bool],
     scanned: list[Scanned],
+    secret: bytes,
+    buckets: int,
 ) -> list[int]:
     """:func:`_scan_python` in C (``audit/_native.c``): the same results, in well under half
     the time (bench/RESULTS.md)."""
-    names = ("balance", "cover", "pending", "lot-state", "lot-terms")
-    tallies = tuple(effects.values[name] for name in names)
 
     def fallback(line: bytes, line_no: int) -> Scanned:
         return _scan_line(line, line_no, effects, findings, timestamps)
 
     assert _compiled is not None
-    return _compiled.scan(lines, first_line, tallies, timestamps, scanned, fallback)
+    kept = kept_slots(secret, buckets)
+    taken, folded = _compiled.scan(
+        lines, first_line, secret, buckets, kept, timestamps, scanned, fallback
+    )
+    effects.folded = dict(zip(TALLIES, folded, strict=True))
+    return taken
 
 
 def plain_json(log: str) -> bytes | None:
@@ -574,8 +598,8 @@ def fold_cache_chunk(
     findings: list[Finding] = []
     errors: list[tuple[str, str]] = []
     if file == "lots.jsonl":
-        LOT_FOLDS[-1](lines, first_line, effects, errors)
-        return CacheResult(fold_many(effects.values, secret, buckets, RECURRING), [], errors)
+        LOT_FOLDS[-1](lines, first_line, effects, errors, secret, buckets)
+        return CacheResult(effects.fold(secret, buckets), [], errors)
     for offset, line in enumerate(lines):
         where = f"{file}:{first_line + offset}"
         if file == "balances.jsonl":
@@ -594,25 +618,36 @@ def fold_cache_chunk(
                 continue
             for name, key, value in lot_cache_values(row):
                 effects.add(name, key, value)
-    return CacheResult(fold_many(effects.values, secret, buckets, RECURRING), findings, errors)
+    return CacheResult(effects.fold(secret, buckets), findings, errors)
 
 
 def _fold_lots_compiled(
-    lines: Sequence[bytes], first_line: int, effects: Effects, errors: list[tuple[str, str]]
+    lines: Sequence[bytes],
+    first_line: int,
+    effects: Effects,
+    errors: list[tuple[str, str]],
+    secret: bytes,
+    buckets: int,
 ) -> None:
-    """:func:`_fold_lots_python` in C (``audit/_native.c``)."""
-    values = effects.values
-    tallies = tuple(values[name] for name in ("lot-state", "lot-terms", "cover", "pending"))
+    """:func:`_fold_lots_python` in C (``audit/_native.c``), folding as it goes."""
     assert _compiled is not None
     listed = lines if type(lines) is list else list(lines)
-    _compiled.fold_lots(listed, first_line, tallies, errors)
+    kept = kept_slots(secret, buckets)
+    folded = _compiled.fold_lots(listed, first_line, secret, buckets, kept, errors)
+    effects.folded = dict(zip(TALLIES, folded, strict=True))
 
 
 def _fold_lots_python(
-    lines: Sequence[bytes], first_line: int, effects: Effects, errors: list[tuple[str, str]]
+    lines: Sequence[bytes],
+    first_line: int,
+    effects: Effects,
+    errors: list[tuple[str, str]],
+    secret: bytes,
+    buckets: int,
 ) -> None:
     """The lots.jsonl half of :func:`fold_cache_chunk`: :func:`lot_row` and
-    :func:`lot_cache_values`, inline, for each line."""
+    :func:`lot_cache_values`, inline, for each line (exact values, which the caller folds under
+    ``secret`` into ``buckets``)."""
     loads, decode_error, terms_of = orjson.loads, orjson.JSONDecodeError, lot_terms
     values = effects.values
     terms, state = values["lot-terms"], values["lot-state"]

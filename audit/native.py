@@ -12,7 +12,7 @@ from __future__ import annotations
 from types import ModuleType
 
 #: The version of the functions' arguments and results this code expects (``INTERFACE`` in C).
-INTERFACE = 2
+INTERFACE = 3
 
 
 def _load() -> ModuleType | None:

@@ -56,6 +56,16 @@ _KEPT: dict[tuple[bytes, int], dict[str, tuple[int, int]]] = {}
 _KEPT_MAX = 1 << 15
 
 
+def kept_slots(secret: bytes, buckets: int) -> dict[str, tuple[int, int]]:
+    """This process's kept slots for one (secret, buckets): emptied when it outgrows its bound,
+    and when asked for another (secret, buckets)."""
+    kept = _KEPT.get((secret, buckets))
+    if kept is None or len(kept) > _KEPT_MAX:
+        _KEPT.clear()
+        kept = _KEPT[(secret, buckets)] = {}
+    return kept
+
+
 def fold_many(
     tallies: Mapping[str, Mapping[str, int]],
     secret: bytes,
@@ -65,15 +75,22 @@ def fold_many(
     """:func:`fold` for several tallies at once, hashing each distinct key once. The slots of
     the keys of the ``recurring`` tallies are kept for the next call (up to a bound)."""
     fold_one = FOLDS[-1]
-    kept = _KEPT.get((secret, buckets))
-    if kept is None or len(kept) > _KEPT_MAX:
-        _KEPT.clear()
-        kept = _KEPT[(secret, buckets)] = {}
+    kept = kept_slots(secret, buckets)
     fresh: dict[str, tuple[int, int]] = {}
     return {
         name: fold_one(values, secret, buckets, kept if name in recurring else fresh)
         for name, values in tallies.items()
     }
+
+
+def merge(into: dict[int, int], folded: Mapping[int, int]) -> None:
+    """Add one fold of a tally to another, bucket by bucket (zero buckets left out)."""
+    for bucket, value in folded.items():
+        total = (into.get(bucket, 0) + value) % P
+        if total:
+            into[bucket] = total
+        else:
+            into.pop(bucket, None)
 
 
 def _fold_python(
@@ -84,7 +101,7 @@ def _fold_python(
 ) -> dict[int, int]:
     """One tally of :func:`fold_many`: each key's slot from ``slots`` or derived from its
     BLAKE2b keyed with ``secret`` (and kept in ``slots``), then per bucket Σ weight × value
-    mod p."""
+    mod p, the buckets that come to zero left out (a fold is a sum: they add nothing)."""
     copy = hashlib.blake2b(key=secret, digest_size=16).copy
     from_bytes, low, prime = int.from_bytes, _LOW, P
     # Sums first, reduced once per bucket: Python integers do not overflow.
@@ -99,7 +116,7 @@ def _fold_python(
                 found = slots[key] = ((digest >> 64) % buckets, (digest & low) % prime)
             bucket, weight = found
             sums[bucket] = sums.get(bucket, 0) + weight * value
-    return {bucket: total % prime for bucket, total in sums.items()}
+    return {bucket: total % prime for bucket, total in sums.items() if total % prime}
 
 
 #: The folds of one tally, the fastest last: :func:`_fold_python`, then its C twin

@@ -428,6 +428,10 @@ def test_folding_cached_lots_equals_the_row_by_row_fold(loop: str) -> None:
         _sorted_json({"id": "z", "member": "m", "opened_by": "e", "remaining": -3, "pending": 1}),
         _sorted_json({"id": "w", "member": "m", "opened_by": "e", "remaining": 0, "x": [{}]}),
     ]
+    # Terms that are not plain text, integers and null: written by orjson, or left to Python.
+    for n, funder in enumerate(['P"1', "P\\1", "P\n1", "Pé€", True, 2**64 - 1, 2**64, [1]]):
+        lot = {**_entry(rng)["lots_opened"][0], "funder": funder}
+        rows.append(_sorted_json({**lot, "opened_by": f"e{n}", "remaining": n, "pending": False}))
     effects, errors = Effects(), []
     for n, line in enumerate(rows, 3):
         row = lot_row(line)
