@@ -119,11 +119,11 @@ members(PyObject *d, PyObject **keys, Py_ssize_t n, PyObject **out)
     return 1;
 }
 
-static int
-is_lower_hex(unsigned char c)
-{
-    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
-}
+/* Whether a byte is a lowercase hex digit (1) or not (0): one table lookup, no branch. */
+static const unsigned char lower_hex[256] = {
+    ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1,
+    ['8'] = 1, ['9'] = 1, ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1,
+};
 
 /* Whether ``s`` is a str of exactly ``n`` lowercase hex digits (the regex [0-9a-f]{n}). */
 static int
@@ -132,10 +132,10 @@ is_hex(PyObject *s, Py_ssize_t n)
     if (!PyUnicode_CheckExact(s) || !PyUnicode_IS_ASCII(s) || PyUnicode_GET_LENGTH(s) != n)
         return 0;
     const unsigned char *p = PyUnicode_1BYTE_DATA(s);
+    unsigned char all = 1;
     for (Py_ssize_t i = 0; i < n; i++)
-        if (!is_lower_hex(p[i]))
-            return 0;
-    return 1;
+        all &= lower_hex[p[i]];
+    return all;
 }
 
 /* Whether ``s`` is a str holding a lowercase UUID, as audit.leafscan._UUID matches it. */
@@ -145,15 +145,10 @@ is_uuid(PyObject *s)
     if (!PyUnicode_CheckExact(s) || !PyUnicode_IS_ASCII(s) || PyUnicode_GET_LENGTH(s) != 36)
         return 0;
     const unsigned char *p = PyUnicode_1BYTE_DATA(s);
-    for (int i = 0; i < 36; i++) {
-        if (i == 8 || i == 13 || i == 18 || i == 23) {
-            if (p[i] != '-')
-                return 0;
-        }
-        else if (!is_lower_hex(p[i]))
-            return 0;
-    }
-    return 1;
+    unsigned char all = p[8] == '-' && p[13] == '-' && p[18] == '-' && p[23] == '-';
+    for (int i = 0; i < 36; i++)
+        all &= lower_hex[p[i]] | (i == 8 || i == 13 || i == 18 || i == 23);
+    return all;
 }
 
 /* The value of an exact int, or 0 with *ok cleared when it is not one. The canonical round trip
