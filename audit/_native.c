@@ -734,31 +734,16 @@ audit_event(PyObject *body, PyObject *kind)
     return is_uuid(event_id);
 }
 
-/* The bytes of a 64-digit lowercase hex string (checked by the caller). */
-static PyObject *
-from_hex(PyObject *text)
+/* The 32 bytes of a 64-digit lowercase hex string (checked by the caller). */
+static void
+from_hex(PyObject *text, unsigned char *out)
 {
     const unsigned char *p = PyUnicode_1BYTE_DATA(text);
-    PyObject *out = PyBytes_FromStringAndSize(NULL, 32);
-    if (out == NULL)
-        return NULL;
-    unsigned char *o = (unsigned char *)PyBytes_AS_STRING(out);
     for (int i = 0; i < 32; i++) {
         unsigned char hi = p[2 * i], lo = p[2 * i + 1];
-        o[i] = (unsigned char)(((hi <= '9' ? hi - '0' : hi - 'a' + 10) << 4) |
-                               (lo <= '9' ? lo - '0' : lo - 'a' + 10));
+        out[i] = (unsigned char)(((hi <= '9' ? hi - '0' : hi - 'a' + 10) << 4) |
+                                 (lo <= '9' ? lo - '0' : lo - 'a' + 10));
     }
-    return out;
-}
-
-/* SHA-256 of 0x00 ‖ line: the leaf hash (RFC 6962). */
-static PyObject *
-leaf_hash(PyObject *line)
-{
-    unsigned char digest[32];
-    if (sha256_of(0, PyBytes_AS_STRING(line), (size_t)PyBytes_GET_SIZE(line), digest) < 0)
-        return NULL;
-    return PyBytes_FromStringAndSize((const char *)digest, 32);
 }
 
 PyDoc_STRVAR(count_lines_doc,
@@ -1102,11 +1087,157 @@ canonical_envelope(PyObject *line)
     return envelope;
 }
 
-/* One line: 1 when checked here (its tuple appended to ``scanned``), 0 when the fallback must
- * take it, -1 on error. */
+/* -- a chunk taken as one run (audit.leafscan._as_run) -------------------------------------- *
+ *
+ * While every leaf so far was taken here and they hold together (one log, consecutive indices,
+ * each prev the hash of the leaf before, committed_at never going back), no tuple is made per
+ * leaf: only the leaf hashes, kind letters, stamps and kinds are kept. When the run breaks, the
+ * tuples of the leaves held so far are made after all, in order, and the scan goes on as
+ * before. */
+
+typedef struct {
+    int holds;
+    Py_ssize_t count, first_line;
+    long long first;
+    PyObject *log;              /* the first leaf's, a new reference */
+    unsigned char first_prev[32];
+    unsigned char *hashes;      /* 32 per leaf held */
+    char *letters;              /* 'E' an entry, 'A' an audit event */
+    PyObject **stamps, **kinds; /* new references, one per leaf held */
+} RunState;
+
 static int
-scan_line(PyObject *line, Py_ssize_t line_no, Folder *folder, PyObject *timestamps,
-          PyObject *scanned)
+run_open(RunState *r, Py_ssize_t capacity, Py_ssize_t first_line, int wanted)
+{
+    memset(r, 0, sizeof *r);
+    r->holds = wanted;
+    r->first_line = first_line;
+    size_t n = (size_t)(capacity ? capacity : 1);
+    r->hashes = PyMem_Malloc(32 * n);
+    r->letters = PyMem_Malloc(n);
+    r->stamps = PyMem_Calloc(n, sizeof(PyObject *));
+    r->kinds = PyMem_Calloc(n, sizeof(PyObject *));
+    if (!r->hashes || !r->letters || !r->stamps || !r->kinds) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+static void
+run_close(RunState *r)
+{
+    for (Py_ssize_t i = 0; i < r->count; i++) {
+        Py_XDECREF(r->stamps[i]);
+        Py_XDECREF(r->kinds[i]);
+    }
+    Py_XDECREF(r->log);
+    PyMem_Free(r->hashes);
+    PyMem_Free(r->letters);
+    PyMem_Free(r->stamps);
+    PyMem_Free(r->kinds);
+    memset(r, 0, sizeof *r);
+}
+
+/* One leaf's tuple (audit.leafscan.Scanned), appended to ``scanned``: 0, or -1 on error. */
+static int
+append_scanned(PyObject *scanned, Py_ssize_t line_no, PyObject *log, PyObject *index,
+               const unsigned char *prev, const unsigned char *hash, PyObject *stamp,
+               PyObject *kind)
+{
+    PyObject *number = PyLong_FromSsize_t(line_no);
+    PyObject *prev_bytes = PyBytes_FromStringAndSize((const char *)prev, 32);
+    PyObject *hash_bytes = PyBytes_FromStringAndSize((const char *)hash, 32);
+    PyObject *item = number == NULL || prev_bytes == NULL || hash_bytes == NULL
+                         ? NULL
+                         : PyTuple_Pack(9, number, log, index, prev_bytes, hash_bytes, stamp, kind,
+                                        Py_None, Py_None);
+    int result = item == NULL ? -1 : PyList_Append(scanned, item);
+    Py_XDECREF(item);
+    Py_XDECREF(hash_bytes);
+    Py_XDECREF(prev_bytes);
+    Py_XDECREF(number);
+    return result;
+}
+
+/* The run breaks: the tuples of the leaves it held, and their positions in ``taken``. */
+static int
+run_break(RunState *r, PyObject *scanned, PyObject *taken)
+{
+    if (!r->holds)
+        return 0;
+    r->holds = 0;
+    for (Py_ssize_t i = 0; i < r->count; i++) {
+        PyObject *index = PyLong_FromLongLong(r->first + i);
+        PyObject *position = index == NULL ? NULL : PyLong_FromSsize_t(i);
+        int failed = position == NULL ||
+                     append_scanned(scanned, r->first_line + i, r->log, index,
+                                    i ? r->hashes + 32 * (i - 1) : r->first_prev,
+                                    r->hashes + 32 * i, r->stamps[i], r->kinds[i]) < 0 ||
+                     PyList_Append(taken, position) < 0;
+        Py_XDECREF(index);
+        Py_XDECREF(position);
+        if (failed)
+            return -1;
+    }
+    return 0;
+}
+
+/* A leaf this loop took: held by the run when it continues it, else its tuple appended. */
+static int
+run_take(RunState *r, PyObject *scanned, PyObject *taken, Py_ssize_t position, PyObject *log,
+         PyObject *index, long long index_value, const unsigned char *prev,
+         const unsigned char *hash, PyObject *stamp, PyObject *kind, char letter)
+{
+    if (r->holds && r->count > 0) {
+        int same_log = PyUnicode_Compare(log, r->log);
+        int later = same_log == 0 ? PyObject_RichCompareBool(stamp, r->stamps[r->count - 1], Py_GE)
+                                  : 0;
+        if ((same_log == -1 || later < 0) && PyErr_Occurred())
+            return -1;
+        if (!(same_log == 0 && later && index_value == r->first + r->count &&
+              memcmp(prev, r->hashes + 32 * (r->count - 1), 32) == 0) &&
+            run_break(r, scanned, taken) < 0)
+            return -1;
+    }
+    if (r->holds) {
+        if (r->count == 0) {
+            r->log = Py_NewRef(log);
+            r->first = index_value;
+            memcpy(r->first_prev, prev, 32);
+        }
+        memcpy(r->hashes + 32 * r->count, hash, 32);
+        r->letters[r->count] = letter;
+        r->stamps[r->count] = Py_NewRef(stamp);
+        r->kinds[r->count] = Py_NewRef(kind);
+        r->count++;
+        return 0;
+    }
+    PyObject *at = PyLong_FromSsize_t(position);
+    int result = at == NULL ? -1 : PyList_Append(taken, at);
+    Py_XDECREF(at);
+    if (result < 0)
+        return -1;
+    return append_scanned(scanned, r->first_line + position, log, index, prev, hash, stamp, kind);
+}
+
+/* The run, when it held every line: (log, first index, first prev, first stamp, last stamp,
+ * hashes, kind letters), a new tuple; None when it did not. */
+static PyObject *
+run_result(RunState *r, Py_ssize_t lines)
+{
+    if (!r->holds || r->count == 0 || r->count != lines)
+        Py_RETURN_NONE;
+    return Py_BuildValue("(OLy#OOy#s#)", r->log, r->first, r->first_prev, (Py_ssize_t)32,
+                         r->stamps[0], r->stamps[r->count - 1], r->hashes, 32 * r->count,
+                         r->letters, r->count);
+}
+
+/* One line: 1 when checked here (held by the run, or its tuple appended to ``scanned``), 0
+ * when the fallback must take it, -1 on error. */
+static int
+scan_line(PyObject *line, Py_ssize_t position, Folder *folder, PyObject *timestamps,
+          RunState *run, PyObject *scanned, PyObject *taken)
 {
     if (!PyBytes_CheckExact(line))
         return 0;
@@ -1133,90 +1264,91 @@ scan_line(PyObject *line, Py_ssize_t line_no, Folder *folder, PyObject *timestam
     }
     if (result <= 0)
         goto done;
+    char letter = 'E';
     result = PySet_Contains(entry_kinds, kind);
     if (result > 0)
         result = entry(body, kind, folder);
     else if (result == 0) {
+        letter = 'A';
         result = PyObject_RichCompareBool(kind, audit_kind, Py_EQ);
         if (result > 0)
             result = audit_event(body, kind);
     }
     if (result <= 0)
         goto done;
+    unsigned char prev[32], hash[32];
+    from_hex(e[E_PREV], prev);
     result = -1;
-    PyObject *number = PyLong_FromSsize_t(line_no);
-    PyObject *prev = number == NULL ? NULL : from_hex(e[E_PREV]);
-    PyObject *hash = prev == NULL ? NULL : leaf_hash(line);
-    PyObject *item = hash == NULL ? NULL
-                                  : PyTuple_Pack(9, number, e[E_LOG], e[E_INDEX], prev, hash,
-                                                 stamp, kind, Py_None, Py_None);
-    if (item != NULL)
-        result = PyList_Append(scanned, item) < 0 ? -1 : 1;
-    Py_XDECREF(item);
-    Py_XDECREF(hash);
-    Py_XDECREF(prev);
-    Py_XDECREF(number);
+    if (sha256_of(0, PyBytes_AS_STRING(line), (size_t)PyBytes_GET_SIZE(line), hash) == 0 &&
+        run_take(run, scanned, taken, position, e[E_LOG], e[E_INDEX], index, prev, hash, stamp,
+                 kind, letter) == 0)
+        result = 1;
 done:
     Py_DECREF(envelope);
     return result;
 }
 
 PyDoc_STRVAR(scan_doc,
-             "scan(lines, first_line, secret, buckets, kept, timestamps, scanned, fallback) "
-             "-> (list[int], tuple[dict[int, int], ...])\n\n"
+             "scan(lines, first_line, secret, buckets, kept, timestamps, scanned, fallback, runs) "
+             "-> (list[int], tuple[dict[int, int], ...], tuple | None)\n\n"
              "audit.leafscan._scan_python in C, folding as it goes: ``fallback(line, line_no)`` "
              "returns the tuple of a line this loop does not take. Returns the positions of the "
-             "leaves it took, and what they add to each tally of TALLIES, folded into "
-             "``buckets`` buckets under ``secret`` (the slots of recurring keys kept in "
-             "``kept``).");
+             "leaves it took; what they add to each tally of TALLIES, folded into ``buckets`` "
+             "buckets under ``secret`` (the slots of recurring keys kept in ``kept``); and, with "
+             "``runs``, the chunk as a run when it forms one (then no tuple is made).");
 
 static PyObject *
 scan(PyObject *module, PyObject *args)
 {
     PyObject *lines, *secret, *kept, *timestamps, *scanned, *fallback;
     Py_ssize_t first_line, buckets;
-    if (!PyArg_ParseTuple(args, "OnSnO!O!O!O", &lines, &first_line, &secret, &buckets,
+    int runs;
+    if (!PyArg_ParseTuple(args, "OnSnO!O!O!Op", &lines, &first_line, &secret, &buckets,
                           &PyDict_Type, &kept, &PyDict_Type, &timestamps, &PyList_Type, &scanned,
-                          &fallback))
+                          &fallback, &runs))
         return NULL;
     if (dumps == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "audit._native.configure() was not called");
         return NULL;
     }
-    Folder folder;
-    if (folder_open(&folder, secret, buckets, kept) < 0) {
-        folder_close(&folder);
-        return NULL;
-    }
-    PyObject *taken = NULL, *result = NULL;
     PyObject *sequence = PySequence_Fast(lines, "lines must be a sequence");
     if (sequence == NULL)
+        return NULL;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(sequence);
+    Folder folder;
+    RunState run;
+    PyObject *taken = NULL, *result = NULL;
+    int opened = folder_open(&folder, secret, buckets, kept);
+    if (run_open(&run, count, first_line, runs) < 0 || opened < 0)
         goto done;
     taken = PyList_New(0);
     if (taken == NULL)
         goto done;
-    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(sequence); i++) {
+    for (Py_ssize_t i = 0; i < count; i++) {
         PyObject *line = PySequence_Fast_GET_ITEM(sequence, i);
-        Py_ssize_t line_no = first_line + i;
-        int scanned_here = scan_line(line, line_no, &folder, timestamps, scanned);
-        if (scanned_here < 0)
+        int here = scan_line(line, i, &folder, timestamps, &run, scanned, taken);
+        if (here < 0)
             goto done;
-        PyObject *item = scanned_here ? PyLong_FromSsize_t(i)
-                                      : PyObject_CallFunction(fallback, "On", line, line_no);
-        if (item == NULL)
+        if (here)
+            continue;
+        if (run_break(&run, scanned, taken) < 0)
             goto done;
-        int appended = PyList_Append(scanned_here ? taken : scanned, item);
-        Py_DECREF(item);
+        PyObject *item = PyObject_CallFunction(fallback, "On", line, first_line + i);
+        int appended = item == NULL ? -1 : PyList_Append(scanned, item);
+        Py_XDECREF(item);
         if (appended < 0)
             goto done;
     }
     PyObject *folded = folder_result(&folder, 0, N_TALLIES);
-    if (folded != NULL)
-        result = PyTuple_Pack(2, taken, folded);
+    PyObject *whole = folded == NULL ? NULL : run_result(&run, count);
+    if (whole != NULL)
+        result = PyTuple_Pack(3, taken, folded, whole);
     Py_XDECREF(folded);
+    Py_XDECREF(whole);
 done:
+    run_close(&run);
     folder_close(&folder);
-    Py_XDECREF(sequence);
+    Py_DECREF(sequence);
     Py_XDECREF(taken);
     return result;
 }
@@ -1561,7 +1693,7 @@ PyInit__native(void)
     PyObject *module = PyModule_Create(&module_def);
     /* Raised whenever a function's arguments or results change: audit.leafscan ignores a
      * module built from other sources (a stale build left beside newer ones). */
-    if (module != NULL && PyModule_AddIntConstant(module, "INTERFACE", 3) < 0)
+    if (module != NULL && PyModule_AddIntConstant(module, "INTERFACE", 4) < 0)
         Py_CLEAR(module);
     return module;
 }

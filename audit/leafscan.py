@@ -207,19 +207,21 @@ def scan_chunk(
     findings: list[Finding] = []
     scanned: list[Scanned] = []
     timestamps: dict[str, bool] = {}
-    lazy = SCAN_LOOPS[-1](
-        lines, first_line, effects, findings, timestamps, scanned, secret, buckets
+    lazy, run = SCAN_LOOPS[-1](
+        lines, first_line, effects, findings, timestamps, scanned, secret, buckets, runs
     )
     folded = effects.fold(secret, buckets)
-    run = _as_run(scanned) if runs and not findings else None
-    if (
-        run is not None
-        and len(lazy) < len(lines)
-        and any(line[:9] == b'{"index":' for line in lines)
-    ):
-        # A leaf written as an escape line: its record is in the decoded bytes, not the line, so
-        # the caller takes it leaf by leaf (the fast paths hand every escape line over).
-        run = None
+    if run is None and runs and not findings:
+        run = _as_run(scanned)
+        if (
+            run is not None
+            and len(lazy) < len(lines)
+            and any(line[:9] == b'{"index":' for line in lines)
+        ):
+            # A leaf written as an escape line: its record is in the decoded bytes, not the
+            # line, so the caller takes it leaf by leaf (the fast paths hand every escape line
+            # over).
+            run = None
     if run is not None:
         log_json = plain_json(run.log)
         if log_json is not None:  # built here, in parallel, for the caller to compare
@@ -272,15 +274,17 @@ def _scan_python(
     scanned: list[Scanned],
     secret: bytes,
     buckets: int,
-) -> list[int]:
+    runs: bool,
+) -> tuple[list[int], Run | None]:
     """:func:`_scan_line` over every line, in one loop that makes the same checks inline for a
     leaf that passes them all (the common case) and hands any other leaf, untouched, to
     :func:`_scan_line`, which says what is wrong. Nothing is tallied before a leaf has passed
     every check, so the hand-over never counts an entry twice. The leaves that took the fast
     way get no body digest (a :class:`Run` needs none): their positions in ``scanned`` are
     returned, for the caller to fill in when it does need them. Exact values go to
-    ``effects.values``, which the caller folds under ``secret`` into ``buckets`` (the C twin
-    folds them as it goes)."""
+    ``effects.values``, which the caller folds under ``secret`` into ``buckets``, and the caller
+    sees whether the tuples form a :class:`Run` (the C twin does both as it goes: hence the
+    arguments this loop leaves alone, and the None it returns for a run)."""
     sha256, loads, dumps = hashlib.sha256, orjson.loads, orjson.dumps
     decode_error, encode_error = orjson.JSONDecodeError, orjson.JSONEncodeError
     float_member, float_item, float_first = FLOAT_MEMBER, FLOAT_ITEM, FLOAT_FIRST
@@ -479,7 +483,7 @@ def _scan_python(
         lazy.append(line_no - first_line)
         leaf_hash = sha256(b"\x00" + line).digest()
         append((line_no, log, index, bytes.fromhex(prev), leaf_hash, stamp, kind, None, extra))
-    return lazy
+    return lazy, None
 
 
 def _scan_compiled(
@@ -491,20 +495,22 @@ def _scan_compiled(
     scanned: list[Scanned],
     secret: bytes,
     buckets: int,
-) -> list[int]:
+    runs: bool,
+) -> tuple[list[int], Run | None]:
     """:func:`_scan_python` in C (``audit/_native.c``): the same results, in well under half
-    the time (bench/RESULTS.md)."""
+    the time (bench/RESULTS.md). With ``runs``, a chunk that forms a run comes back as one,
+    with no tuple made per leaf."""
 
     def fallback(line: bytes, line_no: int) -> Scanned:
         return _scan_line(line, line_no, effects, findings, timestamps)
 
     assert _compiled is not None
     kept = kept_slots(secret, buckets)
-    taken, folded = _compiled.scan(
-        lines, first_line, secret, buckets, kept, timestamps, scanned, fallback
+    taken, folded, run = _compiled.scan(
+        lines, first_line, secret, buckets, kept, timestamps, scanned, fallback, runs
     )
     effects.folded = dict(zip(TALLIES, folded, strict=True))
-    return taken
+    return taken, None if run is None else Run(*run)
 
 
 def plain_json(log: str) -> bytes | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from types import ModuleType
 
 #: The version of the functions' arguments and results this code expects (``INTERFACE`` in C).
-INTERFACE = 3
+INTERFACE = 4
 
 
 def _load() -> ModuleType | None:

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import unicodedata
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -359,6 +360,11 @@ def test_a_clean_chunk_comes_back_as_one_run(loop: Any) -> None:
         lambda lines: lines.insert(2, lines.pop(5)),  # reordered
         lambda lines: lines.insert(4, lines[4]),  # repeated
         lambda lines: lines.__setitem__(6, lines[6].replace(b'"prev":"', b'"prev":"0', 1)),
+        lambda lines: lines.__setitem__(7, lines[7].replace(LOG.encode(), b"other.example/x")),
+        # Well formed, but not the hash of the leaf before.
+        lambda lines: lines.__setitem__(
+            8, re.sub(rb'"prev":"\w{64}"', b'"prev":"' + b"1" * 64 + b'"', lines[8])
+        ),
     ],
 )
 def test_a_chunk_that_does_not_hold_together_is_no_run(break_it: Any, loop: Any) -> None:
@@ -386,7 +392,23 @@ def test_a_stamp_going_back_is_no_run(loop: Any) -> None:
     lines = [log.leaf("EARN", _entry(log.rng)) for _ in range(4)]
     log.at -= timedelta(seconds=1)
     lines += [log.leaf("EARN", _entry(log.rng)) for _ in range(4)]
-    assert scan_chunk(lines, 1, SECRET, BUCKETS).run is None
+    result = scan_chunk(lines, 1, SECRET, BUCKETS)
+    assert result.run is None
+    assert result.leaves == _reference(lines, 1)[0]
+
+
+def test_a_leaf_no_run_holds_breaks_the_run_where_it_stands(loop: Any) -> None:
+    """A LOG_START leaf on an intact chain is fine, but no entry or audit event: the leaves
+    before it, held as a run until then, come back one by one, in order, as the rest do."""
+    log = _Log(7)
+    lines = [log.leaf("EARN", _entry(log.rng)) for _ in range(5)]
+    lines.append(log.leaf("LOG_START", {"previous_log": None}))
+    lines += [log.leaf("BURN", _entry(log.rng, "BURN")) for _ in range(3)]
+    result = scan_chunk(lines, 21, SECRET, BUCKETS)
+    expected = _reference(lines, 21)
+    assert result.run is None
+    assert (result.leaves, result.findings, result.folded) == expected[:3]
+    assert [leaf[6] for leaf in result.leaves] == ["EARN"] * 5 + ["LOG_START"] + ["BURN"] * 3
 
 
 @pytest.mark.parametrize("start", [0, 1, 3, 6, 8, 255, 1000])
