@@ -441,6 +441,11 @@ class _BundleVerifier:
         self.logs: dict[str, _LogState] = {}
         self.order: dict[str, int] = {}
         self.leaves = 0
+        self.read_digests: dict[str, Future[str | None]] = {
+            name: Future() for name in ("entries.jsonl", "leaves.jsonl")
+        }
+        """SHA-256 (hex) of each file, from the main thread's reading of it, or None when that
+        reading did not cover the file."""
 
     # -- orchestration ------------------------------------------------------------------------
 
@@ -451,13 +456,23 @@ class _BundleVerifier:
         try:
             with ThreadPoolExecutor(1) as hasher:
                 manifest = hasher.submit(self._check_manifest)
-                keyring = self._load_keys()
-                self._load_checkpoints(keyring)
-                entries = _Joined(self.path / "entries.jsonl", self._ordinal, self._format_error)
-                events = _Joined(self.path / "audit.jsonl", self._ordinal, self._format_error)
-                self._scan_leaves(entries, events, keyring)
-                self._leftover_entries(entries)
-                self._leftover_events(events)
+                try:
+                    keyring = self._load_keys()
+                    self._load_checkpoints(keyring)
+                    entries = _Joined(
+                        self.path / "entries.jsonl",
+                        self._ordinal,
+                        self._format_error,
+                        self.read_digests["entries.jsonl"],
+                    )
+                    events = _Joined(self.path / "audit.jsonl", self._ordinal, self._format_error)
+                    self._scan_leaves(entries, events, keyring)
+                    self._leftover_entries(entries)
+                    self._leftover_events(events)
+                finally:  # a reading that stopped short: the manifest's thread reads the file
+                    for digest in self.read_digests.values():
+                        if not digest.done():
+                            digest.set_result(None)
                 self._read_caches()
                 self._stop_workers()
                 self._compare_tallies()
@@ -497,7 +512,11 @@ class _BundleVerifier:
 
     def _check_manifest(self) -> list[Finding]:
         """Every file against the manifest's SHA-256. Runs in a thread beside the other checks
-        (hashlib hashes large blocks without holding the GIL), so it returns its findings."""
+        (hashlib hashes large blocks without holding the GIL), so it returns its findings. The
+        two largest files, ``leaves.jsonl`` and ``entries.jsonl``, the main thread reads whole
+        anyway: it hashes them as it reads (:attr:`read_digests`), and this thread waits for
+        their digests instead of reading them again (or hashes a file itself, if that reading
+        stopped short)."""
         found: list[Finding] = []
 
         def format_error(where: str, why: str) -> None:
@@ -516,19 +535,27 @@ class _BundleVerifier:
             found.append(Finding("manifest-extra", name, "not in the bundle", "present"))
         total = sum(int(info.get("bytes", 0)) for info in listed.values())
         done = 0
-        for name, info in sorted(listed.items()):
-            file = self.path / name
-            if name not in present or not file.is_file():
-                found.append(Finding("manifest-missing", name, info.get("sha256"), None))
-                continue
+
+        def sha256_of(file: Path) -> str:
+            nonlocal done
             digest = hashlib.sha256()
             for block in _file_blocks(file):
                 digest.update(block)
                 done += len(block)
                 self.progress("manifest", done, total)
-            if digest.hexdigest() != info.get("sha256"):
-                actual = digest.hexdigest()
-                found.append(Finding("manifest-hash", name, info.get("sha256"), actual))
+            return digest.hexdigest()
+
+        on_disk = {name for name in listed if name in present and (self.path / name).is_file()}
+        # The files the main thread reads whole last: their digests come from that reading.
+        later = sorted(on_disk & set(self.read_digests))
+        actual = {name: sha256_of(self.path / name) for name in sorted(on_disk - set(later))}
+        for name in later:
+            actual[name] = self.read_digests[name].result() or sha256_of(self.path / name)
+        for name, info in sorted(listed.items()):
+            if name not in on_disk:
+                found.append(Finding("manifest-missing", name, info.get("sha256"), None))
+            elif actual[name] != info.get("sha256"):
+                found.append(Finding("manifest-hash", name, info.get("sha256"), actual[name]))
         for name in FILES:
             if not (self.path / name).is_file():
                 format_error(name, "missing")
@@ -1059,7 +1086,7 @@ class _BundleVerifier:
         phase = name.removesuffix(".jsonl")
         done = 0
         pending: deque[tuple[_Chunk, Future[_R]]] = deque()
-        for chunk in _byte_chunks(path, _CHUNK_BYTES):
+        for chunk in _byte_chunks(path, _CHUNK_BYTES, self.read_digests.get(name)):
             tail = (self.secret, self.buckets)
             if self.pool is None:
                 result = work(*head, chunk.lines(), chunk.first_line, *tail)
@@ -1112,9 +1139,16 @@ class _Chunk:
         return self._split[line_no - self.first_line]
 
 
-def _byte_chunks(path: Path, size: int = _CHUNK_BYTES) -> Iterator[_Chunk]:
-    """A file as consecutive chunks of whole lines of about ``size`` bytes."""
+def _byte_chunks(
+    path: Path, size: int = _CHUNK_BYTES, read_digest: Future[str | None] | None = None
+) -> Iterator[_Chunk]:
+    """A file as consecutive chunks of whole lines of about ``size`` bytes; with
+    ``read_digest``, the SHA-256 of the whole file is put there once the last chunk is cut
+    (None if the file is missing)."""
+    digest = hashlib.sha256()
     if not path.exists():
+        if read_digest is not None:
+            read_digest.set_result(None)
         return
     with path.open("rb") as handle:
         offset, first = 0, 1
@@ -1124,10 +1158,15 @@ def _byte_chunks(path: Path, size: int = _CHUNK_BYTES) -> Iterator[_Chunk]:
                 more = handle.read(size)
                 block += more
                 cut = block.rfind(b"\n") + 1 if more else len(block)
+            if read_digest is not None:
+                with memoryview(block)[:cut] as view:
+                    digest.update(view)
             yield _Chunk(offset, block, first, cut)
             first += LINE_COUNTS[-1](block, cut)
             offset += cut
             handle.seek(offset)  # the next chunk starts after the last whole line
+    if read_digest is not None:
+        read_digest.set_result(digest.hexdigest())
 
 
 def _file_blocks(path: Path, size: int = 1 << 22) -> Iterator[memoryview]:
@@ -1174,12 +1213,18 @@ class _Joined:
     """
 
     def __init__(
-        self, path: Path, ordinal: Callable[[str], int], error: Callable[[str, str], None]
+        self,
+        path: Path,
+        ordinal: Callable[[str], int],
+        error: Callable[[str, str], None],
+        read_digest: Future[str | None] | None = None,
     ) -> None:
+        """With ``read_digest``, the SHA-256 of the whole file is put there once it is read to
+        its end."""
         self.name = path.name
         self.ordinal = ordinal
         self.error = error
-        self.blocks = _blocks(path)
+        self.blocks = _blocks(path, read_digest=read_digest)
         self.buffer = b""
         self.at = 0
         """Where the next unread line starts in ``buffer``."""
@@ -1280,13 +1325,23 @@ class _Joined:
             yield head
 
 
-def _blocks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
-    """A file's bytes in blocks; nothing if it is missing."""
+def _blocks(
+    path: Path, size: int = 1 << 20, read_digest: Future[str | None] | None = None
+) -> Iterator[bytes]:
+    """A file's bytes in blocks; nothing if it is missing. With ``read_digest``, the SHA-256 of
+    the whole file is put there at its end (None if it is missing)."""
+    digest = hashlib.sha256()
     if not path.exists():
+        if read_digest is not None:
+            read_digest.set_result(None)
         return
     with path.open("rb") as handle:
         while block := handle.read(size):
+            if read_digest is not None:
+                digest.update(block)
             yield block
+    if read_digest is not None:
+        read_digest.set_result(digest.hexdigest())
 
 
 def _parse_record_line(raw: bytes, line_no: int, ordinal: Callable[[str], int]) -> _Line | None:

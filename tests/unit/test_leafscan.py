@@ -15,6 +15,7 @@ import os
 import random
 import re
 import unicodedata
+from concurrent.futures import Future
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -651,8 +652,10 @@ def test_chunks_are_whole_lines_that_cover_the_file(tmp_path: Any, tail: bytes, 
     path = tmp_path / "leaves.jsonl"
     path.write_bytes(text)
     for size in (1, 2, 7, 64, 199, 201, 4096, 1 << 20):
-        chunks = list(_byte_chunks(path, size))
+        read_digest: Future[str | None] = Future()
+        chunks = list(_byte_chunks(path, size, read_digest))
         assert b"".join(chunk.data for chunk in chunks) == text
+        assert read_digest.result() == hashlib.sha256(text).hexdigest()  # for the manifest
         assert [chunk.offset for chunk in chunks] == [
             sum(c.length for c in chunks[:n]) for n in range(len(chunks))
         ]
@@ -663,6 +666,9 @@ def test_chunks_are_whole_lines_that_cover_the_file(tmp_path: Any, tail: bytes, 
         numbers = [chunk.first_line + n for chunk in chunks for n in range(len(chunk.lines()))]
         assert numbers == list(range(1, len(lines) + 1))
     assert list(_byte_chunks(tmp_path / "missing.jsonl")) == []
+    missing: Future[str | None] = Future()
+    assert list(_byte_chunks(tmp_path / "missing.jsonl", 64, missing)) == []
+    assert missing.result() is None
 
 
 @compiled_only
@@ -719,6 +725,22 @@ def test_the_compiled_line_count_equals_the_python_one() -> None:
     for end in (-1, len(block) + 1):
         with pytest.raises(ValueError, match="end beyond the block"):
             bundle.LINE_COUNTS[-1](block, end)
+
+
+def test_the_tables_reading_gives_the_manifest_its_digest(tmp_path: Any) -> None:
+    """_Joined hashes entries.jsonl as it reads it; the digest is there once it reached the end
+    (and the manifest's thread hashes the file itself when it did not)."""
+    from audit.bundle import _Joined
+
+    text = b"".join(b'{"index":%d,"log":"l","queued":true,"record":{}}\n' % n for n in range(9))
+    for tail in (b"", b"no newline at the end"):
+        (tmp_path / "entries.jsonl").write_bytes(text + tail)
+        read_digest: Future[str | None] = Future()
+        joined = _Joined(tmp_path / "entries.jsonl", lambda log: 0, lambda *_: None, read_digest)
+        assert joined.take((0, 3)) is not None
+        assert not read_digest.done()
+        assert len(list(joined.rest())) == 8  # a line without its newline is no record
+        assert read_digest.result() == hashlib.sha256(text + tail).hexdigest()
 
 
 def test_the_manifest_hash_reads_every_byte(tmp_path: Any) -> None:
