@@ -6,6 +6,6 @@ the same loop in Python (slower, same results). Everything else is in pyproject.
 
 from setuptools import Extension, setup
 
-# libcrypto: OpenSSL's SHA-256, the one hashlib uses.
+# libcrypto (OpenSSL 3): SHA-256, as hashlib has it, and keyed BLAKE2b.
 native = Extension("audit._native", ["audit/_native.c"], libraries=["crypto"], optional=True)
 setup(ext_modules=[native])

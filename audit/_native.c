@@ -865,12 +865,16 @@ parse_string(Cursor *c, int is_key, const unsigned char **raw, Py_ssize_t *raw_l
     if (close == NULL)
         return NULL;
     Py_ssize_t length = close - start;
-    unsigned char low = 0xFF, high = 0;
+    unsigned char low = 0xFF, high = 0, escape = 0;
     for (Py_ssize_t i = 0; i < length; i++) { /* no early exit: the compiler vectorises it */
         low = start[i] < low ? start[i] : low;
         high |= start[i];
+        escape |= start[i] == '\\';
     }
-    if (length > 0 && low < 0x20) /* a control character, which canonical text escapes */
+    /* A control character, which canonical text escapes; or an escape, which canonical_envelope
+     * sends the fallback's way before this parser sees the line (and without which the quote
+     * found above is the string's end). */
+    if (low < 0x20 || escape)
         return NULL;
     c->at = close + 1;
     *raw = start;
@@ -1307,7 +1311,7 @@ scan(PyObject *module, PyObject *args)
                           &PyDict_Type, &kept, &PyDict_Type, &timestamps, &PyList_Type, &scanned,
                           &fallback, &runs))
         return NULL;
-    if (dumps == NULL) {
+    if (loads == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "audit._native.configure() was not called");
         return NULL;
     }

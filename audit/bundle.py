@@ -716,9 +716,9 @@ class _BundleVerifier:
             ("E", entries, "entry", run.entries),
             ("A", events, "audit", run.events),
         ):
-            mine = [n for n, kind in enumerate(run.kinds) if kind == letter]
-            if not mine or (lines is not None and joined.match_lines(lines)):
+            if letter not in run.kinds or (lines is not None and joined.match_lines(lines)):
                 continue
+            mine = [n for n, kind in enumerate(run.kinds) if kind == letter]
             leaves = chunk.lines()
             for n in mine:
                 body = body_slice(leaves[n])
