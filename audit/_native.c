@@ -855,10 +855,30 @@ ascii_key(const unsigned char *p, Py_ssize_t length)
     return made;
 }
 
-/* A string at c->at (its opening quote): a new reference, NULL when in doubt or on error.
- * ``raw``/``raw_length`` get its bytes between the quotes. */
+/* What a value is read for. Values the checks here never read are only checked for their
+ * form, and no object is made for them: the body's attributes and the fields that no rule of
+ * audit.leafscan looks at (the fallback reads them all when a leaf goes its way). */
+enum { SKIP, BUILD, BUILD_BODY };
+
+static const char *unread_members[] = {
+    "attributes", "booked_at", "business_time", "credential", "idempotency_key", "partner",
+    "refers_to"};
+
+static int
+is_unread_member(const unsigned char *key, Py_ssize_t length)
+{
+    for (size_t i = 0; i < sizeof unread_members / sizeof *unread_members; i++)
+        if ((size_t)length == strlen(unread_members[i]) &&
+            memcmp(key, unread_members[i], (size_t)length) == 0)
+            return 1;
+    return 0;
+}
+
+/* A string at c->at (its opening quote): a new reference (Py_None when ``build`` is SKIP),
+ * NULL when in doubt or on error. ``raw``/``raw_length`` get its bytes between the quotes. */
 static PyObject *
-parse_string(Cursor *c, int is_key, const unsigned char **raw, Py_ssize_t *raw_length)
+parse_string(Cursor *c, int build, int is_key, const unsigned char **raw,
+             Py_ssize_t *raw_length)
 {
     const unsigned char *start = c->at + 1;
     const unsigned char *close = memchr(start, '"', (size_t)(c->end - start));
@@ -880,6 +900,8 @@ parse_string(Cursor *c, int is_key, const unsigned char **raw, Py_ssize_t *raw_l
     *raw = start;
     *raw_length = length;
     if (high < 0x80) {
+        if (build == SKIP)
+            return Py_NewRef(Py_None);
         if (is_key)
             return ascii_key(start, length);
         PyObject *text = PyUnicode_New(length, 127);
@@ -898,12 +920,15 @@ parse_string(Cursor *c, int is_key, const unsigned char **raw, Py_ssize_t *raw_l
         Py_DECREF(text);
         return NULL;
     }
+    if (build == SKIP)
+        Py_SETREF(text, Py_NewRef(Py_None));
     return text;
 }
 
-/* An integer at c->at, as canonical JSON writes it: a new reference, NULL when in doubt. */
+/* An integer at c->at, as canonical JSON writes it: a new reference (Py_None when ``build`` is
+ * SKIP), NULL when in doubt. */
 static PyObject *
-parse_integer(Cursor *c)
+parse_integer(Cursor *c, int build)
 {
     const unsigned char *p = c->at;
     int negative = *p == '-';
@@ -923,15 +948,17 @@ parse_integer(Cursor *c)
         (p < c->end && (*p == '.' || *p == 'e' || *p == 'E')))
         return NULL;
     c->at = p;
-    return PyLong_FromLongLong(negative ? -value : value);
+    return build == SKIP ? Py_NewRef(Py_None) : PyLong_FromLongLong(negative ? -value : value);
 }
 
-static PyObject *parse_value(Cursor *c);
+static PyObject *parse_value(Cursor *c, int build);
 
+/* An object at c->at. In a BUILD_BODY object (a leaf's entry) the members no check here reads
+ * are parsed as SKIP, and held as None. */
 static PyObject *
-parse_object(Cursor *c)
+parse_object(Cursor *c, int build)
 {
-    PyObject *object = PyDict_New();
+    PyObject *object = build == SKIP ? Py_NewRef(Py_None) : PyDict_New();
     if (object == NULL)
         return NULL;
     c->at++;
@@ -944,7 +971,7 @@ parse_object(Cursor *c)
     while (c->at < c->end && *c->at == '"') {
         const unsigned char *raw;
         Py_ssize_t length;
-        PyObject *key = parse_string(c, 1, &raw, &length);
+        PyObject *key = parse_string(c, build == SKIP ? SKIP : BUILD, 1, &raw, &length);
         if (key == NULL)
             goto fail;
         if (before != NULL) { /* strictly after the key before: UTF-8 sorts by code point */
@@ -957,12 +984,17 @@ parse_object(Cursor *c)
         }
         before = raw;
         before_length = length;
+        int inner = build == SKIP || (build == BUILD_BODY && is_unread_member(raw, length))
+                        ? SKIP
+                        : BUILD;
+        if (build == BUILD && length == 5 && memcmp(raw, "entry", 5) == 0)
+            inner = BUILD_BODY; /* the envelope's entry (any other "entry" is none the worse) */
         PyObject *value = NULL;
         if (c->at < c->end && *c->at == ':') {
             c->at++;
-            value = parse_value(c);
+            value = parse_value(c, inner);
         }
-        int stored = value == NULL ? -1 : PyDict_SetItem(object, key, value);
+        int stored = value == NULL ? -1 : build == SKIP ? 0 : PyDict_SetItem(object, key, value);
         Py_DECREF(key);
         Py_XDECREF(value);
         if (stored < 0 || c->at == c->end)
@@ -980,9 +1012,9 @@ fail:
 }
 
 static PyObject *
-parse_array(Cursor *c)
+parse_array(Cursor *c, int build)
 {
-    PyObject *array = PyList_New(0);
+    PyObject *array = build == SKIP ? Py_NewRef(Py_None) : PyList_New(0);
     if (array == NULL)
         return NULL;
     c->at++;
@@ -991,8 +1023,8 @@ parse_array(Cursor *c)
         return array;
     }
     while (c->at < c->end) {
-        PyObject *item = parse_value(c);
-        int appended = item == NULL ? -1 : PyList_Append(array, item);
+        PyObject *item = parse_value(c, build == SKIP ? SKIP : BUILD);
+        int appended = item == NULL ? -1 : build == SKIP ? 0 : PyList_Append(array, item);
         Py_XDECREF(item);
         if (appended < 0 || c->at == c->end)
             break;
@@ -1016,10 +1048,11 @@ parse_literal(Cursor *c, const char *word, size_t length, PyObject *value)
     return Py_NewRef(value);
 }
 
-/* Any value at c->at: a new reference, NULL when in doubt (no error set) or on error. Depth is
- * bounded by the caller, which counts the brackets first. */
+/* Any value at c->at: a new reference (Py_None for any value read as SKIP), NULL when in doubt
+ * (no error set) or on error. Depth is bounded by the caller, which counts the brackets
+ * first. */
 static PyObject *
-parse_value(Cursor *c)
+parse_value(Cursor *c, int build)
 {
     if (c->at == c->end)
         return NULL;
@@ -1027,11 +1060,11 @@ parse_value(Cursor *c)
     Py_ssize_t length;
     switch (*c->at) {
     case '{':
-        return parse_object(c);
+        return parse_object(c, build);
     case '[':
-        return parse_array(c);
+        return parse_array(c, build);
     case '"':
-        return parse_string(c, 0, &raw, &length);
+        return parse_string(c, build, 0, &raw, &length);
     case 't':
         return parse_literal(c, "true", 4, Py_True);
     case 'f':
@@ -1039,19 +1072,19 @@ parse_value(Cursor *c)
     case 'n':
         return parse_literal(c, "null", 4, Py_None);
     default:
-        return parse_integer(c);
+        return parse_integer(c, build);
     }
 }
 
-/* The object ``p`` holds when it is canonical as above: a new reference, or NULL (in doubt:
- * no error set; on a real error: set). */
+/* The envelope ``p`` holds when it is canonical as above: a new reference, or NULL (in doubt:
+ * no error set; on a real error: set). The entry's unread members hold None. */
 static PyObject *
 parse_canonical(const char *p, Py_ssize_t size)
 {
     Cursor c = {(const unsigned char *)p, (const unsigned char *)p + size};
     if (size == 0 || *p != '{')
         return NULL;
-    PyObject *object = parse_object(&c);
+    PyObject *object = parse_object(&c, BUILD);
     if (object != NULL && c.at != c.end)
         Py_CLEAR(object);
     return object;
