@@ -290,30 +290,33 @@ keyed_blake2b(EVP_MAC_CTX *keyed, const char *data, size_t size, unsigned char *
 
 /* Folding tallies into buckets: one call's worth. */
 typedef struct {
-    Py_ssize_t buckets;
+    Py_ssize_t buckets, tallies;
     PyObject *kept; /* str -> (bucket, weight): the slots kept for keys that recur */
     EVP_MAC_CTX *keyed;
     unsigned long long *sums; /* N_TALLIES × buckets residues */
 } Folder;
 
-/* A folder for ``buckets`` buckets, keyed with ``secret``: 0, or -1 with an error set. */
+/* A folder of ``tallies`` tallies of ``buckets`` buckets, keyed with ``secret``: 0, or -1 with
+ * an error set. */
 static int
-folder_open(Folder *f, PyObject *secret, Py_ssize_t buckets, PyObject *kept)
+folder_open(Folder *f, PyObject *secret, Py_ssize_t buckets, PyObject *kept, Py_ssize_t tallies)
 {
     f->keyed = NULL;
     f->sums = NULL;
     f->buckets = buckets;
+    f->tallies = tallies;
     f->kept = kept;
     if (!PyBytes_Check(secret) || PyBytes_GET_SIZE(secret) < 1 || PyBytes_GET_SIZE(secret) > 64 ||
-        buckets <= 0 || !PyDict_Check(kept)) {
-        PyErr_SetString(PyExc_ValueError,
-                        "a secret of 1 to 64 bytes, a positive number of buckets, a dict of slots");
+        buckets <= 0 || buckets > PY_SSIZE_T_MAX / tallies / (Py_ssize_t)sizeof *f->sums ||
+        !PyDict_Check(kept)) {
+        PyErr_SetString(PyExc_ValueError, "a secret of 1 to 64 bytes, a number of buckets that "
+                                          "can be held, a dict of slots");
         return -1;
     }
     f->keyed = keyed_blake2b_new(PyBytes_AS_STRING(secret), (size_t)PyBytes_GET_SIZE(secret));
     if (f->keyed == NULL)
         return -1;
-    f->sums = PyMem_Calloc((size_t)(N_TALLIES * buckets), sizeof *f->sums);
+    f->sums = PyMem_Calloc((size_t)(tallies * buckets), sizeof *f->sums);
     if (f->sums == NULL) {
         PyErr_NoMemory();
         return -1;
@@ -1355,7 +1358,7 @@ scan(PyObject *module, PyObject *args)
     Folder folder;
     RunState run;
     PyObject *taken = NULL, *result = NULL;
-    int opened = folder_open(&folder, secret, buckets, kept);
+    int opened = folder_open(&folder, secret, buckets, kept, N_TALLIES);
     if (run_open(&run, count, first_line, runs) < 0 || opened < 0)
         goto done;
     taken = PyList_New(0);
@@ -1497,7 +1500,7 @@ fold(PyObject *module, PyObject *args)
                           &PyDict_Type, &slots))
         return NULL;
     Folder folder;
-    if (folder_open(&folder, secret, buckets, slots) < 0)
+    if (folder_open(&folder, secret, buckets, slots, 1) < 0)
         goto done;
     Py_ssize_t pos = 0;
     PyObject *key, *value;
@@ -1591,7 +1594,7 @@ fold_lots(PyObject *module, PyObject *args)
         return NULL;
     }
     Folder folder;
-    if (folder_open(&folder, secret, buckets, kept) < 0)
+    if (folder_open(&folder, secret, buckets, kept, N_TALLIES) < 0)
         goto done;
     for (Py_ssize_t n = 0; n < PyList_GET_SIZE(lines); n++) {
         PyObject *row = PyObject_CallOneArg(loads, PyList_GET_ITEM(lines, n));

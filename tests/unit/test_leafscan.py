@@ -549,6 +549,15 @@ def test_the_compiled_fold_equals_the_python_fold(values: dict[str, int], bucket
 
 
 @compiled_only
+def test_the_compiled_fold_refuses_more_buckets_than_it_can_hold() -> None:
+    """Five tallies of 2^64 / 5 buckets would wrap the size of the C fold's array around."""
+    with pytest.raises(ValueError, match="buckets"):
+        tally.FOLDS[-1]({"k": 1}, SECRET, 3689348814741910324, {})
+    with pytest.raises(ValueError, match="buckets"):
+        scan_chunk([b"{}"], 1, SECRET, 3689348814741910324)
+
+
+@compiled_only
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(key=_TEXT, value=_TEXT, other=_TEXT)
 def test_the_compiled_scan_judges_text_as_the_leaf_by_leaf_scan(
