@@ -550,7 +550,13 @@ class _BundleVerifier:
         later = sorted(on_disk & set(self.read_digests))
         actual = {name: sha256_of(self.path / name) for name in sorted(on_disk - set(later))}
         for name in later:
-            actual[name] = self.read_digests[name].result() or sha256_of(self.path / name)
+            read = self.read_digests[name].result()
+            if read is None:
+                actual[name] = sha256_of(self.path / name)
+                continue
+            actual[name] = read
+            done += (self.path / name).stat().st_size
+            self.progress("manifest", done, total)
         for name, info in sorted(listed.items()):
             if name not in on_disk:
                 found.append(Finding("manifest-missing", name, info.get("sha256"), None))

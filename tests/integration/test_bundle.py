@@ -232,6 +232,24 @@ def test_verifying_in_several_processes_gives_the_same_report(
     assert report.ok, report.to_text()
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_manifest_progress_reaches_every_byte_listed(
+    bundle: Path, signer: NoteSigner, workers: int
+) -> None:
+    """leaves.jsonl and entries.jsonl are hashed by the reading that checks them, not by the
+    manifest's thread: their bytes still count in its progress, which ends at the total."""
+    listed = json.loads((bundle / "manifest.json").read_text())["files"]
+    total = sum(info["bytes"] for info in listed.values())
+    calls: list[tuple[str, int, int]] = []
+    report = verify_bundle(
+        bundle, [signer.verifier], workers=workers, progress=lambda *c: calls.append(c)
+    )
+    assert report.findings == []
+    manifest = [(done, of) for phase, done, of in calls if phase == "manifest"]
+    assert manifest[-1] == (total, total)
+    assert [done for done, _ in manifest] == sorted(done for done, _ in manifest)
+
+
 def test_small_chunks_in_several_processes_find_the_same_as_one_pass(
     bundle: Path, signer: NoteSigner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
