@@ -46,6 +46,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from multiprocessing import get_context
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -1078,7 +1079,8 @@ class _BundleVerifier:
     # -- reading leaves in chunks, in this process or in several ------------------------------
 
     def _chunks(self) -> Iterator[tuple[_Chunk, ChunkResult]]:
-        yield from self._map_chunks("leaves.jsonl", scan_chunk)
+        scan = partial(scan_chunk, locate=partial(_locate, self.path))
+        yield from self._map_chunks("leaves.jsonl", scan)
 
     def _map_chunks(
         self, name: str, work: Callable[..., _R], *head: Any
@@ -1234,6 +1236,8 @@ class _Joined:
         self.buffer = b""
         self.at = 0
         """Where the next unread line starts in ``buffer``."""
+        self.base = 0
+        """Where ``buffer`` starts in the file."""
         self.line_no = 0
         """The number of the last line read."""
         self.parsed: _Line | None = None
@@ -1249,6 +1253,7 @@ class _Joined:
         while have < size and (block := next(self.blocks, b"")):
             parts.append(block)
             have += len(block)
+        self.base += self.at
         self.buffer, self.at = b"".join(parts), 0
         return have >= size
 
@@ -1282,13 +1287,18 @@ class _Joined:
 
     def match_lines(self, lines: Lines) -> bool:
         """Take the next ``lines.count`` lines if their bytes are the ones ``lines`` stands for
-        (the same size and SHA-256): what :meth:`take` would return for each of their keys,
-        found equal to what they record. False, and nothing taken, if not."""
+        (found at this very place by the worker that built them, or of the same size and
+        SHA-256): what :meth:`take` would return for each of their keys, found equal to what
+        they record. False, and nothing taken, if not."""
         if self.parsed is not None or not self._fill(lines.size):
             return False
-        with memoryview(self.buffer)[self.at : self.at + lines.size] as view:
-            if hashlib.sha256(view).digest() != lines.sha256:
+        if lines.at is not None:
+            if self.base + self.at != lines.at:
                 return False
+        else:
+            with memoryview(self.buffer)[self.at : self.at + lines.size] as view:
+                if hashlib.sha256(view).digest() != lines.sha256:
+                    return False
         self.at += lines.size
         self.line_no += lines.count
         return True
@@ -1348,6 +1358,48 @@ def _blocks(
             yield block
     if read_digest is not None:
         read_digest.set_result(digest.hexdigest())
+
+
+_KEY = re.compile(rb'\{"index":(0|[1-9][0-9]{0,18}),"log":("[^"\\]*"),')
+
+
+def _locate(bundle: Path, name: str, data: bytes, index: int, log_json: bytes) -> int | None:
+    """Where the bundle's ``name`` holds exactly ``data``, whose first line records the leaf
+    ``index`` of the log ``log_json``: found by bisection on the lines' heads (the file is
+    sorted like the leaves), then read and compared byte for byte. None when it is not there as
+    such (then the caller compares a digest, or line by line): a line of another log, a queued
+    or malformed one only leads the search astray, never to a wrong answer."""
+    try:
+        with (bundle / name).open("rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+
+            def line_from(offset: int) -> int:  # the first line that starts at offset or after
+                if offset == 0:
+                    return 0
+                handle.seek(offset - 1)
+                while window := handle.read(4096):
+                    if (end := window.find(b"\n")) >= 0:
+                        return handle.tell() - len(window) + end + 1
+                return size
+
+            def before(start: int) -> bool:  # whether that line records an earlier leaf
+                handle.seek(start)
+                head = _KEY.match(handle.read(64))
+                return head is not None and head[2] == log_json and int(head[1]) < index
+
+            low, high = 0, size
+            while low < high:
+                middle = (low + high) // 2
+                start = line_from(middle)
+                if start < size and before(start):
+                    low = start + 1
+                else:
+                    high = middle
+            start = line_from(low)
+            handle.seek(start)
+            return start if handle.read(len(data)) == data else None
+    except OSError:
+        return None
 
 
 def _parse_record_line(raw: bytes, line_no: int, ordinal: Callable[[str], int]) -> _Line | None:

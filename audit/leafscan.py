@@ -169,17 +169,24 @@ class Run:
 
 
 class Lines(NamedTuple):
-    """Lines of ``entries.jsonl`` or ``audit.jsonl`` as a worker sends them back: their number,
-    size and SHA-256, not their bytes (a chunk's records are nearly as large as its leaves, and
-    sending them through a pipe cost more than hashing them on both sides)."""
+    """Lines of ``entries.jsonl`` or ``audit.jsonl`` as a worker sends them back, not their
+    bytes (a chunk's records are nearly as large as its leaves, and sending them through a pipe
+    cost more than checking them where they are): their number and size, and either where the
+    worker found exactly these bytes in the file (``at``), or their SHA-256."""
 
     count: int
     size: int
-    sha256: bytes
+    sha256: bytes | None
+    at: int | None = None
 
     @classmethod
     def of(cls, data: bytes, count: int) -> Lines:
         return cls(count, len(data), hashlib.sha256(data).digest())
+
+
+#: Where a table file holds given lines exactly: (file name, the lines, the index of the leaf the
+#: first records, the log as JSON) → the offset, or None.
+Locate = Callable[[str, bytes, int, bytes], int | None]
 
 
 @dataclass
@@ -200,9 +207,11 @@ def scan_chunk(
     secret: bytes,
     buckets: int = BUCKETS,
     runs: bool = True,
+    locate: Locate | None = None,
 ) -> ChunkResult:
     """Check each line of ``leaves.jsonl`` on its own and tally what its entry does. With
-    ``runs``, a chunk that forms a :class:`Run` comes back as one."""
+    ``runs``, a chunk that forms a :class:`Run` comes back as one, with the lines the tables
+    hold for it found in their files by ``locate`` where it can, else by their digest."""
     effects = Effects()
     findings: list[Finding] = []
     scanned: list[Scanned] = []
@@ -227,9 +236,8 @@ def scan_chunk(
         if log_json is not None:  # built here, in parallel, for the caller to compare
             listed = lines if type(lines) is list else list(lines)
             entries, events = RECORDS[-1](listed, run.kinds, run.first, log_json)
-            audited = run.kinds.count("A")
-            run.entries = Lines.of(entries, len(run.kinds) - audited)
-            run.events = Lines.of(events, audited)
+            run.entries = _lines_of(run, "E", entries, "entries.jsonl", log_json, locate)
+            run.events = _lines_of(run, "A", events, "audit.jsonl", log_json, locate)
         return ChunkResult([], findings, folded, effects.books, run)
     blake2b = hashlib.blake2b
     for n in lazy:  # the body digests the fast path left for the caller's tuples
@@ -237,6 +245,18 @@ def scan_chunk(
         body = line[line.index(b'"entry":') + 8 : line.rindex(b',"index":')]
         scanned[n] = (*scanned[n][:7], blake2b(body, digest_size=16).digest(), scanned[n][8])
     return ChunkResult(scanned, findings, folded, effects.books)
+
+
+def _lines_of(
+    run: Run, letter: str, data: bytes, name: str, log_json: bytes, locate: Locate | None
+) -> Lines:
+    """The lines of ``name`` that the run's leaves of kind ``letter`` need (``data``): where
+    ``locate`` finds exactly them in the file, else by their digest."""
+    count = run.kinds.count(letter)
+    at = None
+    if locate is not None and count:
+        at = locate(name, data, run.first + run.kinds.index(letter), log_json)
+    return Lines.of(data, count) if at is None else Lines(count, len(data), None, at)
 
 
 def _as_run(scanned: list[Scanned]) -> Run | None:

@@ -294,6 +294,8 @@ def _edit_record(bundle: Path) -> None:
         "duplicate",
         "edit-record",
         "drop-record",
+        "extra-record",
+        "swap-records",
         "chain",
     ],
 )
@@ -323,6 +325,14 @@ def test_runs_of_leaves_find_the_same_as_leaf_by_leaf(
         entries = bundle / "entries.jsonl"
         kept = entries.read_bytes().splitlines()
         del kept[4]
+        entries.write_bytes(b"".join(line + b"\n" for line in kept))
+    elif tamper in ("extra-record", "swap-records"):  # the worker finds its lines elsewhere
+        entries = bundle / "entries.jsonl"
+        kept = entries.read_bytes().splitlines()
+        if tamper == "extra-record":
+            kept.insert(3, kept[3].replace(b'"index":', b'"index":1', 1))
+        else:
+            _swap(kept, 4)
         entries.write_bytes(b"".join(line + b"\n" for line in kept))
     elif tamper == "chain":  # a prev that is not the hash of the leaf before
         at = lines[8].index(b'"prev":"') + 8

@@ -736,6 +736,65 @@ def test_the_compiled_line_count_equals_the_python_one() -> None:
             bundle.LINE_COUNTS[-1](block, end)
 
 
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    indices=st.lists(st.integers(0, 10**6), min_size=1, max_size=60, unique=True).map(sorted),
+    before=st.integers(0, 5),
+    after=st.integers(0, 5),
+    queued=st.integers(0, 3),
+    cut=st.tuples(st.floats(0, 1), st.floats(0, 1)),
+    edit=st.booleans(),
+)
+def test_a_worker_finds_a_runs_lines_in_the_tables_file_or_says_it_cannot(
+    tmp_path: Any,
+    indices: list[int],
+    before: int,
+    after: int,
+    queued: int,
+    cut: tuple[float, float],
+    edit: bool,
+) -> None:
+    """bundle._locate bisects a table file on the lines' heads and then compares the bytes: it
+    gives the exact offset of the lines asked for, or None; never another place. In a file of
+    one log it always finds them."""
+    from audit.bundle import _locate
+
+    def line(index: int | None, log: str | None, body: bytes) -> bytes:
+        index_json = b"null" if index is None else b"%d" % index
+        log_json = b"null" if log is None else b'"%s"' % log.encode()
+        queued_json = b"true" if index is None else b"false"
+        return b'{"index":%s,"log":%s,"queued":%s,"record":%s}\n' % (
+            index_json,
+            log_json,
+            queued_json,
+            body,
+        )
+
+    mine = [line(n, LOG, b'{"n":%d,"pad":"%s"}' % (n, b"x" * (n % 300))) for n in indices]
+    text = b"".join(line(n, "a.example/first", b"{}") for n in range(before))
+    offsets = [len(text)]
+    for each in mine:
+        offsets.append(offsets[-1] + len(each))
+    text += b"".join(mine)
+    text += b"".join(line(n, "z.example/next", b"{}") for n in range(after))
+    text += b"".join(line(None, None, b'{"q":%d}' % n) for n in range(queued))
+    (tmp_path / "entries.jsonl").write_bytes(text)
+    first = min(int(cut[0] * len(mine)), len(mine) - 1)
+    last = max(first + 1, int(cut[1] * len(mine)))
+    data = b"".join(mine[first:last])
+    if edit:
+        data = data[:-3] + b"!" + data[-2:]
+    found = _locate(tmp_path, "entries.jsonl", data, indices[first], b'"%s"' % LOG.encode())
+    if edit:
+        assert found is None
+    else:
+        assert found in (offsets[first], None)
+        if not (before or after or queued):
+            assert found == offsets[first]
+
+
 def test_the_tables_reading_gives_the_manifest_its_digest(tmp_path: Any) -> None:
     """_Joined hashes entries.jsonl as it reads it; the digest is there once it reached the end
     (and the manifest's thread hashes the file itself when it did not)."""
