@@ -1299,9 +1299,13 @@ class _Joined:
             with memoryview(self.buffer)[self.at : self.at + lines.size] as view:
                 if hashlib.sha256(view).digest() != lines.sha256:
                     return False
-        self.at += lines.size
-        self.line_no += lines.count
+        self._skip(lines.size, lines.count)
         return True
+
+    def _skip(self, size: int, count: int) -> None:
+        """Take ``count`` lines of ``size`` bytes in all, found to be the expected ones."""
+        self.at += size
+        self.line_no += count
 
     def match(self, key: tuple[int, int], line: bytes, record: bytes) -> bool:
         """Take the next line if it is the one for ``key`` and records ``record``: ``line`` as
@@ -1314,8 +1318,7 @@ class _Joined:
             return False
         if not (self._fill(len(line)) and self.buffer.startswith(line, self.at)):
             return False
-        self.at += len(line)
-        self.line_no += 1
+        self._skip(len(line), 1)
         return True
 
     def take(self, key: tuple[int, int]) -> _Line | None:
@@ -1360,9 +1363,6 @@ def _blocks(
         read_digest.set_result(digest.hexdigest())
 
 
-_KEY = re.compile(rb'\{"index":(0|[1-9][0-9]{0,18}),"log":("[^"\\]*"),')
-
-
 def _locate(bundle: Path, name: str, data: bytes, index: int, log_json: bytes) -> int | None:
     """Where the bundle's ``name`` holds exactly ``data``, whose first line records the leaf
     ``index`` of the log ``log_json``: found by bisection on the lines' heads (the file is
@@ -1384,8 +1384,13 @@ def _locate(bundle: Path, name: str, data: bytes, index: int, log_json: bytes) -
 
             def before(start: int) -> bool:  # whether that line records an earlier leaf
                 handle.seek(start)
-                head = _KEY.match(handle.read(64))
-                return head is not None and head[2] == log_json and int(head[1]) < index
+                head = _HEAD.match(handle.read(len(log_json) + 64))
+                return (
+                    head is not None
+                    and head[2] == log_json
+                    and head[1] != b"null"
+                    and int(head[1]) < index
+                )
 
             low, high = 0, size
             while low < high:

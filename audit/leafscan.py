@@ -241,8 +241,7 @@ def scan_chunk(
         return ChunkResult([], findings, folded, effects.books, run)
     blake2b = hashlib.blake2b
     for n in lazy:  # the body digests the fast path left for the caller's tuples
-        line = lines[n]
-        body = line[line.index(b'"entry":') + 8 : line.rindex(b',"index":')]
+        body = body_slice(lines[n])
         scanned[n] = (*scanned[n][:7], blake2b(body, digest_size=16).digest(), scanned[n][8])
     return ChunkResult(scanned, findings, folded, effects.books)
 
